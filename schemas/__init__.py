@@ -1,0 +1,23 @@
+"""Wire contracts of Currents: one strict pydantic model per Kafka message."""
+
+from schemas.common import MAX_MESSAGE_BYTES
+from schemas.decode import InvalidMessage, decode_catalog, decode_event
+from schemas.events import BehaviorEvent, CatalogMessage, EventType, ItemDeletion, ItemUpsert
+from schemas.outputs import DeadLetter, ErrorKind, EventRef, InterestUpdate, Recommendation
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "BehaviorEvent",
+    "CatalogMessage",
+    "DeadLetter",
+    "ErrorKind",
+    "EventRef",
+    "EventType",
+    "InterestUpdate",
+    "InvalidMessage",
+    "ItemDeletion",
+    "ItemUpsert",
+    "Recommendation",
+    "decode_catalog",
+    "decode_event",
+]

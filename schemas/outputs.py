@@ -1,0 +1,99 @@
+"""Messages that Currents publishes: interest updates for product services, dead letters for
+operators."""
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, Field, NonNegativeInt
+
+from schemas.common import MESSAGE_CONFIG, Identifier, UtcTimestamp
+
+__all__ = ["DeadLetter", "ErrorKind", "EventRef", "InterestUpdate", "Recommendation"]
+
+SCHEMA_VERSION = 1
+
+CategoryWeights = Annotated[dict[str, float], Field(max_length=256)]
+
+
+class EventRef(BaseModel):
+    """Where an event that an update covers came from."""
+
+    model_config = MESSAGE_CONFIG
+
+    event_id: Identifier = Field(description="The event's own id.")
+    timestamp: UtcTimestamp = Field(description="The event's timestamp.")
+    partition: NonNegativeInt = Field(description="Partition of the events topic it was read from.")
+    offset: NonNegativeInt = Field(description="Offset in that partition.")
+
+
+class Recommendation(BaseModel):
+    """One recommended item."""
+
+    model_config = MESSAGE_CONFIG
+
+    item_id: Identifier = Field(description="The recommended item.")
+    score: float = Field(description="Model score; higher is better, comparable within an update.")
+
+
+# Published by Currents workers to the interest-updates topic, keyed by user_id.
+class InterestUpdate(BaseModel):
+    """A user's refreshed interests after one or more new events."""
+
+    model_config = MESSAGE_CONFIG
+
+    schema_version: int = Field(
+        default=SCHEMA_VERSION, description="Version of this message shape."
+    )
+    update_id: Annotated[str, Field(max_length=512)] = Field(
+        description="Idempotency key: the same update re-published after a crash has the same id, "
+        "so consumers can drop repeats."
+    )
+    user_id: Identifier = Field(description="The user; also the Kafka message key.")
+    model_version: Annotated[str, Field(max_length=128)] = Field(
+        description="Version id of the model checkpoint that produced this update."
+    )
+    events: Annotated[list[EventRef], Field(min_length=1, max_length=10_000)] = Field(
+        description="The events this update covers, in the order they were applied."
+    )
+    interests: CategoryWeights = Field(
+        description="The user's top interests: category name to weight in [0, 1]."
+    )
+    interest_shift: CategoryWeights = Field(
+        description="Change of each category's weight since the user's previous update."
+    )
+    recommendations: Annotated[list[Recommendation], Field(max_length=1000)] = Field(
+        description="Top-N recommended items, best first."
+    )
+    latency_ms: float = Field(
+        ge=0,
+        description="Milliseconds from the newest covered event's append to Kafka to publishing.",
+    )
+
+
+class ErrorKind(StrEnum):
+    """Why a record was dead-lettered."""
+
+    UNDECODABLE = "undecodable"  # not UTF-8 JSON
+    SCHEMA_VIOLATION = "schema_violation"  # JSON, but not a valid message
+    OVERSIZE = "oversize"  # larger than MAX_MESSAGE_BYTES
+    UNKNOWN_ITEM = "unknown_item"  # an event for an item the catalog does not have
+    MISSING_KEY = "missing_key"  # a record without the key the topic requires
+    KEY_MISMATCH = "key_mismatch"  # the record key disagrees with the message's id
+
+
+# Published by Currents workers to the dead-letter topic, keyed like the source record.
+class DeadLetter(BaseModel):
+    """A record Currents could not process, kept with the reason so it can be fixed and replayed."""
+
+    model_config = MESSAGE_CONFIG
+
+    payload: bytes = Field(description="The original record value, unchanged (URL-safe base64 in JSON).")
+    key: bytes | None = Field(default=None, description="The original record key (URL-safe base64 in JSON).")
+    source_topic: str = Field(description="Topic the record was read from.")
+    partition: NonNegativeInt = Field(description="Its partition.")
+    offset: NonNegativeInt = Field(description="Its offset.")
+    error_kind: ErrorKind = Field(description="Class of the failure, for alerting and routing.")
+    reason: Annotated[str, Field(max_length=4096)] = Field(
+        description="Human-readable explanation, naming the offending field when there is one."
+    )
+    failed_at: UtcTimestamp = Field(description="When the worker rejected the record.")

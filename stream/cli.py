@@ -1,0 +1,137 @@
+"""`currents`: run the local broker, the worker, the demo, and the model tools.
+
+currents demo                  local broker + worker + sample stream; Ctrl-C stops all
+currents kafka start|stop|status|fetch
+currents worker                a Faust worker (settings from CURRENTS_* variables)
+currents topics                create the Currents topics on the cluster
+currents schemas export DIR    JSON Schema of every message, for other languages
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from stream.settings import Settings
+
+__all__ = ["main"]
+
+DEFAULT_KAFKA_DIR = Path(".currents/kafka")
+RUN_PORT, RUN_CONTROLLER_PORT = 9092, 9093
+
+
+def local_kafka(data_dir: Path):
+    """The persistent single-node broker of the run profile (127.0.0.1:9092)."""
+    from stream.local_kafka import LocalKafka
+
+    return LocalKafka(data_dir, ports=[RUN_PORT], controller_ports=[RUN_CONTROLLER_PORT], heap="1g")
+
+
+def cmd_kafka(args: argparse.Namespace) -> int:
+    from stream.local_kafka import KafkaError, ensure_jars
+
+    kafka = local_kafka(args.data_dir)
+    try:
+        if args.action == "fetch":
+            print(f"Kafka jars in {ensure_jars()}")
+        elif args.action == "start":
+            kafka.start()
+            print(f"Kafka running at {kafka.bootstrap} (data in {args.data_dir})")
+        elif args.action == "stop":
+            kafka.stop()
+            print("Kafka stopped")
+        else:
+            rows = kafka.status()
+            for row in rows:
+                state = "serving" if row["serving"] else ("starting" if row["pid"] else "stopped")
+                print(f"node {row['node']}  127.0.0.1:{row['port']}  pid={row['pid']}  {state}")
+            return 0 if all(row["serving"] for row in rows) else 3
+    except KafkaError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from stream.topics import ensure_topics
+
+    settings = Settings.from_env()
+    created = ensure_topics(settings)
+    print(f"created: {', '.join(created) or 'nothing (all topics exist)'}")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import faust
+
+    from stream.app import create_app
+    from stream.topics import ensure_topics
+
+    settings = Settings.from_env()
+    ensure_topics(settings)
+    worker = faust.Worker(create_app(settings), loglevel=args.loglevel)
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from schemas.export import export_json_schemas
+
+    for path in export_json_schemas(args.directory):
+        print(path)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from stream.demo import run_demo
+
+    return run_demo(Settings.from_env(), args.kafka_dir, users=args.users, events=args.events)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="currents",
+        description="Currents: a streaming user-interest engine on Kafka and Faust.",
+        epilog="Settings come from CURRENTS_* environment variables (see README, Configuration); "
+        "KAFKA_BOOTSTRAP=host:port points every command at an existing cluster.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser(
+        "demo", help="start the local broker and a worker, stream sample events, show the result"
+    )
+    demo.add_argument("--kafka-dir", type=Path, default=DEFAULT_KAFKA_DIR, help="broker data")
+    demo.add_argument("--users", type=int, default=5, help="sample users (default 5)")
+    demo.add_argument("--events", type=int, default=40, help="sample events (default 40)")
+    demo.set_defaults(run=cmd_demo)
+
+    kafka = commands.add_parser("kafka", help="the local single-node Kafka broker (KRaft)")
+    kafka.add_argument("action", choices=["start", "stop", "status", "fetch"])
+    kafka.add_argument(
+        "--data-dir", type=Path, default=DEFAULT_KAFKA_DIR, help=f"default {DEFAULT_KAFKA_DIR}"
+    )
+    kafka.set_defaults(run=cmd_kafka)
+
+    worker = commands.add_parser("worker", help="run a Faust worker until SIGINT/SIGTERM")
+    worker.add_argument("--loglevel", default="info", help="debug, info, warning (default info)")
+    worker.set_defaults(run=cmd_worker)
+
+    topics = commands.add_parser("topics", help="create the Currents topics if missing")
+    topics.set_defaults(run=cmd_topics)
+
+    schemas = commands.add_parser("schemas", help="message schemas")
+    schemas_commands = schemas.add_subparsers(dest="schemas_command", required=True)
+    export = schemas_commands.add_parser("export", help="write one JSON Schema file per message")
+    export.add_argument("directory", type=Path, help="output folder (created if missing)")
+    export.set_defaults(run=cmd_schemas)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,333 @@
+"""A real Apache Kafka cluster on 127.0.0.1, run from Maven Central jars.
+
+Development machines and CI have Java and Maven but no Docker, so Currents fetches the broker
+jars itself (`kafka_pom.xml`), writes a KRaft config in which every node is broker and controller,
+formats storage, and supervises the JVMs. One class serves `currents kafka start|stop|status`
+(persistent data, fixed ports, detached) and the test suite (throwaway data, free ports).
+"""
+
+import base64
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+__all__ = ["KAFKA_VERSION", "KafkaError", "LocalKafka", "ensure_jars", "free_port"]
+
+KAFKA_VERSION = "4.3.1"
+LOG4J2_VERSION = "2.25.4"  # the log4j2 version that Kafka release was built with
+_READY_LINE = "Kafka Server started"
+
+_LOG4J2_PROPERTIES = """\
+status = warn
+appender.out.type = Console
+appender.out.name = STDOUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.out.ref = STDOUT
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+logger.statechange.name = state.change.logger
+logger.statechange.level = WARN
+"""
+
+
+class KafkaError(RuntimeError):
+    """The local broker could not be fetched, started or stopped; the message says why."""
+
+
+def default_jar_home() -> Path:
+    """Where broker jars are cached: $CURRENTS_KAFKA_HOME, else ~/.cache/currents/kafka."""
+    root = os.environ.get("CURRENTS_KAFKA_HOME") or Path.home() / ".cache" / "currents" / "kafka"
+    return Path(root) / KAFKA_VERSION
+
+
+def ensure_jars(jar_home: Path | None = None) -> Path:
+    """Return the folder of broker jars, fetching them with Maven on first use."""
+    jar_home = jar_home or default_jar_home()
+    lib = jar_home / "lib"
+    if (jar_home / ".complete").exists():
+        return lib
+    for tool in ("mvn", "java"):
+        if shutil.which(tool) is None:
+            raise KafkaError(f"`{tool}` is not on PATH; the local broker needs Java 17+ and Maven")
+    pom = resources.files("stream") / "kafka_pom.xml"
+    staging = jar_home / "lib.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    with resources.as_file(pom) as pom_path:
+        command = [
+            "mvn", "-B", "-ntp", "-q", "-f", str(pom_path),
+            f"-Dkafka.version={KAFKA_VERSION}", f"-Dlog4j2.version={LOG4J2_VERSION}",
+            "dependency:copy-dependencies", "-DincludeScope=runtime",
+            f"-DoutputDirectory={staging}",
+        ]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise KafkaError(f"fetching Kafka jars failed:\n{result.stdout[-3000:]}{result.stderr}")
+    shutil.rmtree(lib, ignore_errors=True)
+    staging.rename(lib)
+    (jar_home / "log4j2.properties").write_text(_LOG4J2_PROPERTIES)
+    (jar_home / ".complete").touch()
+    return lib
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)  # reap it if it is our own exited child
+        if waited == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class _Node:
+    node_id: int
+    port: int
+    controller_port: int
+    directory: Path
+
+    @property
+    def pid_file(self) -> Path:
+        return self.directory / "broker.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.directory / "broker.log"
+
+    def pid(self) -> int | None:
+        try:
+            return int(self.pid_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+
+class LocalKafka:
+    """A KRaft cluster of `nodes` combined broker+controller JVMs under `data_dir`.
+
+    `ports` and `controller_ports` are the nodes' client and controller ports; free ones are
+    picked when they are not given, which suits tests. Data survives `stop()`: start again on
+    the same `data_dir` with the same ports to resume.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        nodes: int = 1,
+        ports: list[int] | None = None,
+        controller_ports: list[int] | None = None,
+        heap: str = "512m",
+        partitions: int = 8,
+        jar_home: Path | None = None,
+    ):
+        ports = ports or [free_port() for _ in range(nodes)]
+        controller_ports = controller_ports or [free_port() for _ in range(nodes)]
+        if not len(ports) == len(controller_ports) == nodes:
+            raise ValueError(f"{nodes} nodes need {nodes} ports and controller ports")
+        self.data_dir = Path(data_dir).absolute()
+        self.heap = heap
+        self.partitions = partitions
+        self.jar_home = jar_home or default_jar_home()
+        self.nodes = [
+            _Node(i + 1, port, cport, self.data_dir / f"node-{i + 1}")
+            for i, (port, cport) in enumerate(zip(ports, controller_ports, strict=True))
+        ]
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+
+    def start(self, timeout: float = 120.0) -> None:
+        """Fetch jars if needed, format new storage, start every node, wait until all serve."""
+        lib = ensure_jars(self.jar_home)
+        for node in self.nodes:
+            if node.pid() and _alive(node.pid()):
+                raise KafkaError(f"node {node.node_id} already runs (pid {node.pid()})")
+            for port in (node.port, node.controller_port):
+                if _port_open(port):
+                    raise KafkaError(f"port {port} on 127.0.0.1 is already in use")
+        cluster_id = self._cluster_id()
+        formatters = [self._format(node, lib, cluster_id) for node in self.nodes]
+        for node, formatter in zip(self.nodes, formatters, strict=True):
+            out, _ = formatter.communicate(timeout=120)
+            if formatter.returncode != 0:
+                raise KafkaError(f"formatting node {node.node_id} failed:\n{out[-3000:]}")
+        for node in self.nodes:
+            self._launch(node, lib)
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop every node: SIGTERM for a clean shutdown, SIGKILL after `timeout` seconds."""
+        running = [(node, node.pid()) for node in self.nodes if node.pid() and _alive(node.pid())]
+        for _, pid in running:
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for node, pid in running:
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+                while _alive(pid):
+                    time.sleep(0.05)
+            node.pid_file.unlink(missing_ok=True)
+        for node in self.nodes:
+            node.pid_file.unlink(missing_ok=True)
+
+    def status(self) -> list[dict]:
+        """One row per node: id, port, pid (or None) and whether it accepts connections."""
+        return [
+            {
+                "node": node.node_id,
+                "port": node.port,
+                "pid": node.pid() if node.pid() and _alive(node.pid()) else None,
+                "serving": _port_open(node.port),
+                "log": str(node.log_file),
+            }
+            for node in self.nodes
+        ]
+
+    def _cluster_id(self) -> str:
+        # Every node of a cluster must be formatted with the same id; keep it with the data.
+        id_file = self.data_dir / "cluster.id"
+        if not id_file.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            raw = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            id_file.write_text("A" + raw[1:])  # a leading '-' would read as a flag
+        return id_file.read_text().strip()
+
+    def _server_properties(self, node: _Node) -> Path:
+        voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
+        replicas = min(3, len(self.nodes))
+        min_isr = 2 if replicas == 3 else 1
+        settings = {
+            "process.roles": "broker,controller",
+            "node.id": node.node_id,
+            "controller.quorum.voters": voters,
+            "listeners": f"PLAINTEXT://127.0.0.1:{node.port},"
+            f"CONTROLLER://127.0.0.1:{node.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.port}",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "controller.listener.names": "CONTROLLER",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": node.directory / "logs",
+            "num.partitions": self.partitions,
+            "default.replication.factor": replicas,
+            "min.insync.replicas": min_isr,
+            "offsets.topic.replication.factor": replicas,
+            "transaction.state.log.replication.factor": replicas,
+            "transaction.state.log.min.isr": min_isr,
+            "share.coordinator.state.topic.replication.factor": replicas,
+            "share.coordinator.state.topic.min.isr": min_isr,
+            "group.initial.rebalance.delay.ms": 0,
+            "auto.create.topics.enable": "true",
+            # a 2-core laptop or CI box: few threads, a small log-cleaner buffer for the heap
+            "num.network.threads": 2,
+            "num.io.threads": 4,
+            "num.recovery.threads.per.data.dir": 1,
+            "log.cleaner.dedupe.buffer.size": 32 * 1024 * 1024,
+        }
+        node.directory.mkdir(parents=True, exist_ok=True)
+        path = node.directory / "server.properties"
+        path.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
+        return path
+
+    def _java(self, lib: Path, *args: str, heap: str) -> list[str]:
+        return [
+            "java", f"-Xms{heap}", f"-Xmx{heap}",
+            f"-Dlog4j2.configurationFile={self.jar_home / 'log4j2.properties'}",
+            "-cp", str(lib / "*"), *args,
+        ]  # fmt: skip
+
+    def _format(self, node: _Node, lib: Path, cluster_id: str) -> subprocess.Popen:
+        properties = self._server_properties(node)
+        command = self._java(
+            lib, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties),
+            "--ignore-formatted", heap="256m",
+        )  # fmt: skip
+        return subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+
+    def _launch(self, node: _Node, lib: Path) -> None:
+        command = self._java(
+            lib,
+            "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true", f"-Dkafka.logs.dir={node.directory / 'logs'}",
+            "kafka.Kafka", str(node.directory / "server.properties"),
+            heap=self.heap,
+        )  # fmt: skip
+        with open(node.log_file, "ab") as log:
+            log.write(f"\n--- starting node {node.node_id} at {time.ctime()} ---\n".encode())
+            log.flush()
+            # its own session: Ctrl-C in a terminal reaches the supervisor, which then stops
+            # clients before the broker, instead of every process dying at once
+            process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, close_fds=True,
+            )  # fmt: skip
+        node.pid_file.write_text(str(process.pid))
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        pending = list(self.nodes)
+        while pending:
+            node = pending[0]
+            if not _alive(node.pid() or 0):
+                raise KafkaError(
+                    f"node {node.node_id} exited during start; end of {node.log_file}:\n"
+                    + node.log_file.read_text(errors="replace")[-4000:]
+                )
+            started = _READY_LINE in node.log_file.read_text(errors="replace")
+            if started and _port_open(node.port):
+                pending.pop(0)
+                continue
+            if time.monotonic() > deadline:
+                raise KafkaError(f"node {node.node_id} not ready after {timeout:.0f}s")
+            time.sleep(0.2)
+        self._probe(deadline)
+
+    def _probe(self, deadline: float) -> None:
+        """A protocol-level check: the cluster answers metadata requests."""
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError as ClientError
+
+        while True:
+            try:
+                admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
+                try:
+                    admin.list_topics()
+                    return
+                finally:
+                    admin.close()
+            except ClientError as exc:
+                if time.monotonic() > deadline:
+                    raise KafkaError(f"cluster at {self.bootstrap} does not answer: {exc}") from exc
+                time.sleep(0.5)

@@ -1,0 +1,77 @@
+"""Start and stop worker processes; used by `currents demo` and the integration tests."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from stream.settings import Settings
+
+__all__ = ["get_json", "spawn_worker", "terminate", "wait_for"]
+
+
+def spawn_worker(settings: Settings, log_file: Path, loglevel: str = "info") -> subprocess.Popen:
+    """`currents worker` in its own process and session, configured only through its env."""
+    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
+    env.pop("KAFKA_BOOTSTRAP", None)  # settings.bootstrap already says where the cluster is
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "stream", "worker", "--loglevel", loglevel],
+            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip
+
+
+def terminate(process: subprocess.Popen, timeout: float = 30.0) -> int:
+    """SIGTERM (Faust then commits and closes its tables), SIGKILL after `timeout`."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+def get_json(url: str, timeout: float = 5.0) -> tuple[int, dict | None]:
+    """GET a JSON document; (status, body), or (0, None) when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        try:
+            return error.code, json.loads(error.read())
+        except ValueError:
+            return error.code, None
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0, None
+
+
+def wait_for(
+    condition,
+    timeout: float,
+    interval: float = 0.5,
+    what: str = "condition",
+    process: subprocess.Popen | None = None,
+):
+    """Poll `condition()` until it returns a truthy value; return it, or raise TimeoutError.
+
+    With `process`, fail at once when that process exits instead of waiting out the timeout.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with {process.returncode}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not met after {timeout:.0f}s")
+        time.sleep(interval)

@@ -1,0 +1,61 @@
+"""Worker settings, resolved once from the environment into an immutable object.
+
+Every field can be set with an environment variable `CURRENTS_<FIELD>` (upper case), e.g.
+`CURRENTS_PARTITIONS=16`. `KAFKA_BOOTSTRAP` (host:port[,host:port]) points everything at an
+existing cluster instead of the local one.
+"""
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["Settings"]
+
+ENV_PREFIX = "CURRENTS_"
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    app_id: str = Field(default="currents", description="Faust app id = Kafka consumer group.")
+    bootstrap: str = Field(
+        default="127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]."
+    )
+    events_topic: str = Field(default="currents.events", description="Behaviour events in.")
+    catalog_topic: str = Field(default="currents.catalog", description="Item upserts/deletes in.")
+    updates_topic: str = Field(default="currents.interest-updates", description="Updates out.")
+    dead_letter_topic: str = Field(default="currents.dead-letters", description="Rejects out.")
+    partitions: int = Field(default=8, ge=1, description="Partitions of every Currents topic.")
+    replication_factor: int = Field(default=1, ge=1, description="Replication of every topic.")
+    data_dir: Path = Field(
+        default=Path(".currents/worker"),
+        description="RocksDB tables of this worker; one folder per worker process.",
+    )
+    web_port: int = Field(default=6066, ge=1, le=65535, description="HTTP port of this worker.")
+    web_host: str = Field(default="127.0.0.1", description="Address peers reach this worker at.")
+    commit_interval: float = Field(default=2.8, gt=0, description="Seconds between commits.")
+    session_timeout: float = Field(
+        default=30.0, ge=6, description="Seconds before a silent worker's partitions move."
+    )
+
+    @property
+    def broker_url(self) -> str:
+        return ";".join(f"kafka://{server}" for server in self.bootstrap.split(","))
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "Settings":
+        """Defaults, then `CURRENTS_*` variables (and `KAFKA_BOOTSTRAP`), then `overrides`."""
+        environ = os.environ if environ is None else environ
+        values = {
+            name: environ[ENV_PREFIX + name.upper()]
+            for name in cls.model_fields
+            if ENV_PREFIX + name.upper() in environ
+        }
+        if environ.get("KAFKA_BOOTSTRAP"):
+            values["bootstrap"] = environ["KAFKA_BOOTSTRAP"]
+        return cls.model_validate({**values, **overrides})
+
+    def to_env(self) -> dict[str, str]:
+        """The `CURRENTS_*` variables that reproduce these settings in a child process."""
+        return {ENV_PREFIX + name.upper(): str(value) for name, value in self}

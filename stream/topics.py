@@ -1,0 +1,48 @@
+"""Create the Currents topics with the partitioning and retention documented in docs/topics.md.
+
+Faust creates only its internal topics (changelogs); source and output topics are ours. All
+topics share one partition count, so a user's events, state changelog and updates sit in
+partitions with the same number and land on the same worker.
+"""
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from stream.settings import Settings
+
+__all__ = ["ensure_topics", "topic_specs"]
+
+DAY_MS = 24 * 3600 * 1000
+
+
+def topic_specs(settings: Settings) -> dict[str, dict[str, str]]:
+    """Topic name to its Kafka configs."""
+    return {
+        # kept 30 days so a new model version can be replayed over a month of history
+        settings.events_topic: {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)},
+        # latest version of each item, forever: a new worker reads the whole catalog
+        settings.catalog_topic: {"cleanup.policy": "compact"},
+        settings.updates_topic: {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)},
+        settings.dead_letter_topic: {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)},
+    }
+
+
+def ensure_topics(settings: Settings) -> list[str]:
+    """Create missing topics; return the names created. Existing topics are left as they are."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id="currents-admin")
+    try:
+        existing = set(admin.list_topics())
+        missing = [
+            NewTopic(name, settings.partitions, settings.replication_factor, topic_configs=configs)
+            for name, configs in topic_specs(settings).items()
+            if name not in existing
+        ]
+        if missing:
+            try:
+                admin.create_topics(missing, wait_for_metadata=True)
+            except TopicAlreadyExistsError:
+                pass  # another worker created it between list and create
+        return [topic.name for topic in missing]
+    finally:
+        admin.close()
