@@ -87,8 +87,12 @@ class DeadLetter(BaseModel):
 
     model_config = MESSAGE_CONFIG
 
-    payload: bytes = Field(description="The original record value, unchanged (URL-safe base64 in JSON).")
-    key: bytes | None = Field(default=None, description="The original record key (URL-safe base64 in JSON).")
+    payload: bytes = Field(
+        description="The original record value, unchanged (URL-safe base64 in JSON)."
+    )
+    key: bytes | None = Field(
+        default=None, description="The original record key (URL-safe base64 in JSON)."
+    )
     source_topic: str = Field(description="Topic the record was read from.")
     partition: NonNegativeInt = Field(description="Its partition.")
     offset: NonNegativeInt = Field(description="Its offset.")

@@ -22,6 +22,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=min(3.0, settings.session_timeout / 10),
         web_host=settings.web_host,
         web_port=settings.web_port,
+        web_bind=settings.web_bind,
         canonical_url=f"http://{settings.web_host}:{settings.web_port}",
         # Faust's own /table and /router pages expose raw table contents: off.
         web_tables_enabled=False,

@@ -17,26 +17,26 @@ from stream.settings import Settings
 __all__ = ["main"]
 
 DEFAULT_KAFKA_DIR = Path(".currents/kafka")
-RUN_PORT, RUN_CONTROLLER_PORT = 9092, 9093
+DEFAULT_KAFKA_PORT = 9092
 
 
-def local_kafka(data_dir: Path):
-    """The persistent single-node broker of the run profile (127.0.0.1:9092)."""
+def local_kafka(data_dir: Path, port: int):
+    """The persistent single-node broker of the run profile; its controller uses port + 1."""
     from stream.local_kafka import LocalKafka
 
-    return LocalKafka(data_dir, ports=[RUN_PORT], controller_ports=[RUN_CONTROLLER_PORT], heap="1g")
+    return LocalKafka(data_dir, ports=[port], controller_ports=[port + 1], heap="1g")
 
 
 def cmd_kafka(args: argparse.Namespace) -> int:
     from stream.local_kafka import KafkaError, ensure_jars
 
-    kafka = local_kafka(args.data_dir)
+    kafka = local_kafka(args.kafka_dir, args.port)
     try:
         if args.action == "fetch":
             print(f"Kafka jars in {ensure_jars()}")
         elif args.action == "start":
             kafka.start()
-            print(f"Kafka running at {kafka.bootstrap} (data in {args.data_dir})")
+            print(f"Kafka running at {kafka.bootstrap} (data in {args.kafka_dir})")
         elif args.action == "stop":
             kafka.stop()
             print("Kafka stopped")
@@ -85,7 +85,22 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from stream.demo import run_demo
 
-    return run_demo(Settings.from_env(), args.kafka_dir, users=args.users, events=args.events)
+    return run_demo(args.kafka_dir, args.port, users=args.users, events=args.events)
+
+
+def add_kafka_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--kafka-dir",
+        type=Path,
+        default=DEFAULT_KAFKA_DIR,
+        help=f"local broker data (default {DEFAULT_KAFKA_DIR})",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_KAFKA_PORT,
+        help=f"local broker port; its controller uses port+1 (default {DEFAULT_KAFKA_PORT})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,16 +115,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="start the local broker and a worker, stream sample events, show the result"
     )
-    demo.add_argument("--kafka-dir", type=Path, default=DEFAULT_KAFKA_DIR, help="broker data")
+    add_kafka_arguments(demo)
     demo.add_argument("--users", type=int, default=5, help="sample users (default 5)")
     demo.add_argument("--events", type=int, default=40, help="sample events (default 40)")
     demo.set_defaults(run=cmd_demo)
 
     kafka = commands.add_parser("kafka", help="the local single-node Kafka broker (KRaft)")
     kafka.add_argument("action", choices=["start", "stop", "status", "fetch"])
-    kafka.add_argument(
-        "--data-dir", type=Path, default=DEFAULT_KAFKA_DIR, help=f"default {DEFAULT_KAFKA_DIR}"
-    )
+    add_kafka_arguments(kafka)
     kafka.set_defaults(run=cmd_kafka)
 
     worker = commands.add_parser("worker", help="run a Faust worker until SIGINT/SIGTERM")

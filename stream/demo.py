@@ -5,6 +5,7 @@ a worker, streams a small sample (and two bad records, to show dead-lettering), 
 worker's table holds, and keeps running until Ctrl-C, then stops worker and broker in order.
 """
 
+import os
 import random
 import signal
 import time
@@ -37,18 +38,24 @@ def sample_events(users: int, events: int, seed: int = 7) -> list[BehaviorEvent]
     ]
 
 
-def run_demo(settings: Settings, kafka_dir: Path, users: int, events: int) -> int:
+def run_demo(kafka_dir: Path, port: int, users: int, events: int) -> int:
+    """Run until Ctrl-C (SIGINT) or SIGTERM; a local broker started here is stopped here."""
     from stream.cli import local_kafka
 
     stopping = []
     signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
 
-    kafka = local_kafka(kafka_dir)
-    owns_kafka = settings.bootstrap == kafka.bootstrap and not kafka.status()[0]["serving"]
+    kafka = None
+    settings = Settings.from_env()
+    if not (os.environ.get("KAFKA_BOOTSTRAP") or os.environ.get("CURRENTS_BOOTSTRAP")):
+        kafka = local_kafka(kafka_dir, port)
+        settings = Settings.from_env(bootstrap=kafka.bootstrap)
+        if kafka.status()[0]["serving"]:
+            kafka = None  # started by `currents kafka start`: leave it running
     worker = None
     try:
-        if owns_kafka:
+        if kafka is not None:
             print(f"Starting Kafka at {kafka.bootstrap} (data in {kafka_dir}) ...", flush=True)
             kafka.start()
         ensure_topics(settings)
@@ -80,7 +87,7 @@ def run_demo(settings: Settings, kafka_dir: Path, users: int, events: int) -> in
         print("Stopping ...", flush=True)
         if worker is not None:
             terminate(worker)
-        if owns_kafka:
+        if kafka is not None:
             kafka.stop()
         print("Stopped.")
     return 0

@@ -34,6 +34,7 @@ class Settings(BaseModel):
     )
     web_port: int = Field(default=6066, ge=1, le=65535, description="HTTP port of this worker.")
     web_host: str = Field(default="127.0.0.1", description="Address peers reach this worker at.")
+    web_bind: str = Field(default="127.0.0.1", description="Interface the HTTP server binds to.")
     commit_interval: float = Field(default=2.8, gt=0, description="Seconds between commits.")
     session_timeout: float = Field(
         default=30.0, ge=6, description="Seconds before a silent worker's partitions move."

@@ -1,0 +1,29 @@
+# The two commands of the README. Both set up everything they need on a fresh machine
+# (Python 3.11+, Java 17+ and Maven on PATH) and are safe to run again.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint clean
+
+run: $(VENV)/.ready  ## start the local broker, a worker and a sample stream; Ctrl-C stops all
+	$(BIN)/currents demo
+
+test: $(VENV)/.ready  ## lint, then the whole suite against a real broker it starts itself
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest
+
+lint: $(VENV)/.ready
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+$(VENV)/.ready: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/currents kafka fetch
+	touch $@
+
+clean:  ## remove local broker data and worker state (keeps the venv and jar cache)
+	rm -rf .currents

@@ -1,0 +1,92 @@
+"""The local broker and the README's run command, as a user drives them from a terminal."""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+
+from stream.local_kafka import free_port
+from stream.processes import wait_for
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line or environment contains `text`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            blob = (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
+            state = (proc / "stat").read_text().split()[2]
+        except OSError:
+            continue
+        if text.encode() in blob and state != "Z":
+            found.append(int(proc.name))
+    return found
+
+
+def currents(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "stream", *args], capture_output=True, text=True, **kwargs
+    )
+
+
+def test_kafka_start_status_stop_keeps_data_across_restarts(tmp_path):
+    port, data = free_port(), tmp_path / "kafka"
+    where = ["--kafka-dir", str(data), "--port", str(port)]
+    assert currents("kafka", "start", *where).returncode == 0
+    try:
+        status = currents("kafka", "status", *where)
+        assert status.returncode == 0 and "serving" in status.stdout
+        admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}")
+        admin.create_topics([NewTopic("kept", 2, 1)])
+        admin.close()
+        assert currents("kafka", "stop", *where).returncode == 0
+        assert currents("kafka", "status", *where).returncode == 3
+        assert processes_mentioning(str(data)) == []
+
+        assert currents("kafka", "start", *where).returncode == 0
+        admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}")
+        assert "kept" in admin.list_topics()
+        admin.close()
+    finally:
+        currents("kafka", "stop", *where)
+    assert processes_mentioning(str(data)) == []
+
+
+def test_run_command_streams_the_demo_and_stops_everything_on_ctrl_c(tmp_path):
+    marker = str(tmp_path)  # in the broker's command line and the worker's environment
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"},
+        "CURRENTS_DATA_DIR": str(tmp_path / "worker"),
+        "CURRENTS_WEB_PORT": str(free_port()),
+        "PYTHONUNBUFFERED": "1",
+    }
+    port = str(free_port())
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "stream", "demo", "--kafka-dir", str(tmp_path / "kafka"),
+         "--port", port],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    lines = []
+    try:
+        for line in demo.stdout:
+            lines.append(line)
+            if "press Ctrl-C" in line:
+                break
+        assert any("Produced 40 events" in line for line in lines), "".join(lines)
+        assert sum(" events, last item " in line for line in lines) == 5, "".join(lines)
+        children = set(processes_mentioning(marker)) - {demo.pid}
+        assert len(children) == 2, children  # the broker and the worker
+        os.killpg(demo.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        assert demo.wait(60) == 0
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert "Stopped." in demo.stdout.read()
+    wait_for(lambda: not processes_mentioning(marker), 10, what="no process left")

@@ -1,0 +1,57 @@
+"""docker-compose.yml cannot run here (no Docker engine); check it against the real settings."""
+
+from pathlib import Path
+
+import yaml
+
+from stream.local_kafka import KAFKA_VERSION
+from stream.settings import ENV_PREFIX, Settings
+
+COMPOSE = yaml.safe_load((Path(__file__).parents[1] / "docker-compose.yml").read_text())
+WORKERS = ["worker", "worker-gpu"]
+
+
+def listeners(spec: str) -> dict[str, str]:
+    return dict(item.split("://") for item in spec.split(","))
+
+
+def test_broker_is_the_kafka_release_the_project_runs_locally():
+    kafka = COMPOSE["services"]["kafka"]
+    assert kafka["image"] == f"apache/kafka:{KAFKA_VERSION}"
+    env = kafka["environment"]
+    assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
+    assert env["KAFKA_NUM_PARTITIONS"] == Settings().partitions
+
+
+def test_worker_environment_names_only_real_settings():
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | {"KAFKA_BOOTSTRAP"}
+    for name in WORKERS:
+        env = COMPOSE["services"][name]["environment"]
+        assert set(env) <= known, set(env) - known
+        settings = Settings.from_env({k: str(v) for k, v in env.items()})
+        assert (
+            settings.partitions
+            == COMPOSE["services"]["kafka"]["environment"]["KAFKA_NUM_PARTITIONS"]
+        )
+
+
+def test_workers_reach_the_broker_and_publish_their_web_port():
+    kafka_env = COMPOSE["services"]["kafka"]["environment"]
+    advertised = set(listeners(kafka_env["KAFKA_ADVERTISED_LISTENERS"]).values())
+    data_volumes = set()
+    for name in WORKERS:
+        service = COMPOSE["services"][name]
+        settings = Settings.from_env({k: str(v) for k, v in service["environment"].items()})
+        assert settings.bootstrap in advertised
+        assert settings.web_host == name  # peers route HTTP requests to this name
+        assert any(p.endswith(f":{settings.web_port}") for p in service["ports"])
+        assert service["depends_on"]["kafka"]["condition"] == "service_healthy"
+        data_volumes.add(service["volumes"][0].split(":")[0])
+    assert len(data_volumes) == len(WORKERS)  # RocksDB folders are never shared
+
+
+def test_gpu_worker_reserves_an_nvidia_device():
+    gpu = COMPOSE["services"]["worker-gpu"]
+    assert gpu["profiles"] == ["gpu"]
+    devices = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
