@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import BaseModel, Field, NonNegativeInt
 
 from schemas.common import MESSAGE_CONFIG, Identifier, UtcTimestamp
+from schemas.events import EventType
 
 __all__ = ["DeadLetter", "ErrorKind", "EventRef", "InterestUpdate", "Recommendation"]
 
@@ -21,6 +22,7 @@ class EventRef(BaseModel):
     model_config = MESSAGE_CONFIG
 
     event_id: Identifier = Field(description="The event's own id.")
+    event_type: EventType = Field(description="The event's kind: click or view.")
     timestamp: UtcTimestamp = Field(description="The event's timestamp.")
     partition: NonNegativeInt = Field(description="Partition of the events topic it was read from.")
     offset: NonNegativeInt = Field(description="Offset in that partition.")

@@ -1,15 +1,58 @@
-"""The Currents Faust app: its topics, tables, agents and web views in one place."""
+"""The Currents Faust app: its topics, table, agents and web views in one place.
+
+catalog ──encode_catalog──▶ item-vectors ──(every worker follows)──▶ item matrix
+events ──update_interests──▶ user-states table (RocksDB + changelog) ──▶ interest updates
+                 └──────────▶ dead letters (with the reason)
+"""
+
+import asyncio
+import logging
+import os
+import time
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import faust
+import faust.streams
 
-from schemas import InvalidMessage
-from stream.records import dead_letter, decode_keyed_event, record_activity
+from model.checkpoint import load_checkpoint
+from model.encoder import ItemEncoder, item_text
+from schemas import ErrorKind, InvalidMessage, ItemDeletion, decode_catalog
+from stream.engine import Engine
+from stream.items import (
+    ItemMatrix,
+    catalog_backlog_encoded,
+    encode_upserts,
+    follow_item_vectors,
+    text_digest,
+)
+from stream.metrics import Metrics
+from stream.records import dead_letter
 from stream.settings import Settings
 
 __all__ = ["create_app"]
 
+log = logging.getLogger(__name__)
+EXIT_FATAL = 70  # a batch failed for a reason that is not its input: exit before it is acked
+
 
 def create_app(settings: Settings) -> faust.App:
+    if settings.checkpoint is None:
+        raise ValueError("no model checkpoint: set CURRENTS_CHECKPOINT (see `currents train`)")
+    checkpoint = load_checkpoint(settings.checkpoint, settings.device)
+    items = ItemMatrix(
+        checkpoint.model.item_representations, checkpoint.item_index,
+        checkpoint.encoder_name, settings.device,
+    )  # fmt: skip
+    engine = Engine(checkpoint, items, settings.top_n, settings.top_categories)
+    metrics = Metrics()
+    items_loaded = asyncio.Event()  # the item vectors present at start are in the matrix
+    items_ready = asyncio.Event()  # ... and so is the catalog backlog present at start
+    model_thread = ThreadPoolExecutor(1, "currents-model")  # torch runs off the event loop
+    encoder_thread = ThreadPoolExecutor(1, "currents-encoder")
+    next_offsets: dict[int, int] = {}  # events partition -> next offset to process (lag)
+
     app = faust.App(
         settings.app_id,
         broker=settings.broker_url,
@@ -29,58 +72,219 @@ def create_app(settings: Settings) -> faust.App:
         web_router_enabled=False,
     )
 
-    # Raw bytes in and out: decoding happens inside the agent, where a bad record can be
+    # Raw bytes everywhere: decoding happens inside the agents, where a bad record can be
     # dead-lettered instead of crashing the stream.
-    events = app.topic(settings.events_topic, key_serializer="raw", value_serializer="raw")
-    dead_letters = app.topic(
-        settings.dead_letter_topic, key_serializer="raw", value_serializer="raw"
-    )
+    raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    events = app.topic(settings.events_topic, **raw)
+    catalog = app.topic(settings.catalog_topic, **raw)
+    item_vectors = app.topic(settings.item_vectors_topic, **raw)
+    updates = app.topic(settings.updates_topic, **raw)
+    dead_letters = app.topic(settings.dead_letter_topic, **raw)
 
-    activity = app.Table(
-        "user-activity",
+    # One table per model version: a new checkpoint never reads another version's states.
+    user_states = app.Table(
+        f"user-states-{checkpoint.version}",
         key_type=bytes,  # the UTF-8 user id, as in the events topic key: same partitioning
+        value_type=bytes,  # stream.records.UserRecord
         options={"driver": "rocksdict"},
-        help="Per user: event count and the last event applied.",
+        help="Per user: LSTM + attention state and the events it has applied.",
     )
 
-    @app.agent(events)
-    async def track_activity(stream):
-        async for event in stream.events():
-            message = event.message
-            try:
-                behavior = decode_keyed_event(event.key, event.value)
-            except InvalidMessage as error:
-                # Faust acks a record even when the body raises: reject it here, explicitly.
-                await dead_letters.send(
-                    key=event.key,
-                    value=dead_letter(
-                        error, event.key, event.value, message.topic, message.partition,
-                        message.offset,
-                    ),
-                )  # fmt: skip
-                continue
-            user = behavior.user_id.encode()
-            activity[user] = record_activity(
-                activity.get(user), behavior, message.partition, message.offset
+    async def reject(error: InvalidMessage, event) -> None:
+        # Faust acks a record even when the body raises: reject it here, explicitly.
+        message = event.message
+        metrics.dead_letters.labels(error.kind.value).inc()
+        await dead_letters.send(
+            key=event.key,
+            value=dead_letter(
+                error, event.key, event.value, message.topic, message.partition, message.offset
+            ),
+        )
+
+    @app.task
+    async def follow_items():
+        loop = asyncio.get_running_loop()
+        try:
+            encoded = await loop.run_in_executor(
+                None,
+                catalog_backlog_encoded,
+                settings.bootstrap,
+                settings.app_id,
+                settings.catalog_topic,
             )
 
-    @app.table_route(table=activity, match_info="user_id")
-    async def routed_activity(web, request, user_id: str):
-        summary = activity.get(user_id.encode())
-        if summary is None:
-            return web.json({"error": f"no events for user {user_id!r}"}, status=404)
-        return web.json({"user_id": user_id, **summary})
+            async def catalog_encoded() -> bool:
+                await asyncio.sleep(0.5)  # the catalog agent commits every commit_interval
+                return await loop.run_in_executor(None, encoded)
 
-    @app.page("/users/{user_id}/activity")
-    async def user_activity(web, request, user_id: str):
-        await _load_partition_metadata(app, activity)
-        return await routed_activity(web, request, user_id=user_id)
+            await follow_item_vectors(
+                settings.bootstrap, settings.item_vectors_topic, items,
+                items_loaded, catalog_encoded, items_ready,
+            )  # fmt: skip
+        except Exception:
+            # e.g. vectors from another encoder than the checkpoint's: nothing can be scored
+            _exit_fatal("the item matrix cannot follow the item-vectors topic")
+
+    encoder = []  # created in the encoder thread on first use (SQLite cache is per thread)
+    published: dict[str, bytes] = {}  # text digests this worker sent, before it reads them back
+
+    def encode(upserts):
+        if not encoder:
+            encoder.append(ItemEncoder(checkpoint.encoder_name, settings.encoder_cache))
+        return encode_upserts(encoder[0], upserts)
+
+    @app.agent(catalog)
+    async def encode_catalog(stream):
+        """Encode new or changed items once and publish their vectors for every worker."""
+        await items_loaded.wait()
+        async for batch in stream.take_events(64, 1.0):
+            changes = {}  # item id -> the last upsert or deletion of the batch
+            for event in batch:
+                try:
+                    message = decode_catalog(event.value)
+                    if event.key != message.item_id.encode():
+                        raise InvalidMessage(
+                            ErrorKind.KEY_MISMATCH, "catalog records must be keyed by item_id"
+                        )
+                except InvalidMessage as error:
+                    await reject(error, event)
+                    continue
+                changes[message.item_id] = message
+            upserts = [
+                m
+                for m in changes.values()
+                if not isinstance(m, ItemDeletion)
+                and published.get(m.item_id, items.digest_of(m.item_id))
+                != text_digest(item_text(m.item_id, m.title, m.description, m.categories))
+            ]
+            loop = asyncio.get_running_loop()
+            for vector in await loop.run_in_executor(encoder_thread, encode, upserts):
+                await item_vectors.send(key=vector.item_id.encode(), value=vector.to_bytes())
+                published[vector.item_id] = vector.digest
+            metrics.items_encoded.inc(len(upserts))
+            for message in changes.values():
+                if isinstance(message, ItemDeletion):
+                    await item_vectors.send(key=message.item_id.encode(), value=None)
+                    published.pop(message.item_id, None)
+
+    @app.agent(events)
+    async def update_interests(stream):
+        """Micro-batches across users: one batched model step, one record and update per user."""
+        await items_ready.wait()
+        async for batch in stream.take_events(settings.batch_size, settings.batch_window):
+            try:
+                await process(batch)
+            except Exception:
+                # Not the input's fault (that is dead-lettered): stop before the batch is acked,
+                # so a restarted worker processes it again.
+                _exit_fatal("a batch failed; exiting so that it is redelivered")
+
+    async def process(batch) -> None:
+        metrics.batch_events.observe(len(batch))
+        admitted = []
+        for event in batch:
+            message = event.message
+            next_offsets[message.partition] = message.offset + 1
+            try:
+                admitted.append(
+                    engine.admit(
+                        event.key, event.value, message.partition, message.offset,
+                        message.timestamp, source=event,
+                    )
+                )  # fmt: skip
+            except InvalidMessage as error:
+                await reject(error, event)
+        if not admitted:
+            return
+        async with items.lock:
+            stored = {i.event.user_id: user_states.get(i.event.user_id.encode()) for i in admitted}
+            started = time.perf_counter()
+            loop = asyncio.get_running_loop()
+            outcomes = await loop.run_in_executor(model_thread, engine.apply, stored, admitted)
+            metrics.step_seconds.observe(time.perf_counter() - started)
+        for outcome in outcomes:
+            user = outcome.user_id.encode()
+            with _in_partition_of(outcome.last.source):
+                user_states[user] = outcome.record
+            await updates.send(key=user, value=outcome.update)
+            metrics.update_latency.observe(max(0.0, time.time() - outcome.last.appended_at))
+            metrics.events.inc(outcome.applied)
+        metrics.updates.inc(len(outcomes))
+
+    @app.table_route(table=user_states, match_info="user_id")
+    async def routed_interests(web, request, user_id: str):
+        stored = user_states.get(user_id.encode())
+        if stored is None:
+            return web.json({"error": f"no events for user {user_id!r}"}, status=404)
+        async with items.lock:
+            view = engine.describe(stored)
+        return web.json({"user_id": user_id, "model_version": checkpoint.version, **view})
+
+    @app.page("/users/{user_id}/interests")
+    async def user_interests(web, request, user_id: str):
+        await _load_partition_metadata(app, user_states)
+        return await routed_interests(web, request, user_id=user_id)
+
+    @app.page("/items/{item_id}")
+    async def item(web, request, item_id: str):
+        """This worker's own view of an item: whether it can be recommended here."""
+        row = items.rows.get(item_id)
+        if row is None:
+            return web.json(
+                {"error": f"item {item_id!r} is not in this worker's matrix"}, status=404
+            )
+        vector = items.items[row]
+        return web.json(
+            {"item_id": item_id, "title": vector.title, "categories": list(vector.categories)}
+        )
 
     @app.page("/health")
     async def health(web, request):
-        return web.json({"status": "ok", "app": settings.app_id})
+        return web.json(
+            {
+                "status": "ok",
+                "ready": items_ready.is_set(),
+                "items": len(items),
+                "model_version": checkpoint.version,
+            }
+        )
+
+    @app.page("/metrics")
+    async def prometheus(web, request):
+        for tp in app.consumer.assignment():
+            if tp.topic == settings.events_topic:
+                lag = app.consumer.highwater(tp) - next_offsets.get(tp.partition, 0)
+                metrics.lag.labels(str(tp.partition)).set(max(0, lag))
+        metrics.items.set(len(items))
+        return web.bytes(metrics.render(), content_type="text/plain; version=0.0.4")
 
     return app
+
+
+def _exit_fatal(message: str) -> None:
+    """Log the current exception and end the process at once: no ack, no commit, no cleanup
+    that could mark unprocessed events as done. The supervisor (systemd, Kubernetes) restarts
+    the worker, which resumes from the last commit."""
+    log.critical(message, exc_info=True)
+    logging.shutdown()
+    os._exit(EXIT_FATAL)
+
+
+@contextmanager
+def _in_partition_of(event):
+    """Let a table write inside a `take_events` batch go to `event`'s partition.
+
+    Faust picks the changelog partition and RocksDB store of a write from the event being
+    processed, a context variable that `take_events` sets in its own task, not in the agent's
+    (faust #497). Setting it to the user's last event keeps the changelog, recovery and
+    partition stores exactly as for a per-event write. Private Faust API: faust is pinned to
+    0.15.x and tests/integration checks the changelog and restore behaviour.
+    """
+    token = faust.streams._current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        faust.streams._current_event.reset(token)
 
 
 async def _load_partition_metadata(app: faust.App, table) -> None:

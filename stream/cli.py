@@ -8,6 +8,7 @@ currents schemas export DIR    JSON Schema of every message, for other languages
 """
 
 import argparse
+import importlib
 import logging
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from stream.settings import Settings
 __all__ = ["main"]
 
 DEFAULT_KAFKA_DIR = Path(".currents/kafka")
+DEMO_KAFKA_DIR = Path(".currents/demo/kafka")  # wiped on every demo run
 DEFAULT_KAFKA_PORT = 9092
 
 
@@ -85,15 +87,12 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from stream.demo import run_demo
 
-    return run_demo(args.kafka_dir, args.port, users=args.users, events=args.events)
+    return run_demo(args)
 
 
-def add_kafka_arguments(parser: argparse.ArgumentParser) -> None:
+def add_kafka_arguments(parser: argparse.ArgumentParser, data_dir: Path) -> None:
     parser.add_argument(
-        "--kafka-dir",
-        type=Path,
-        default=DEFAULT_KAFKA_DIR,
-        help=f"local broker data (default {DEFAULT_KAFKA_DIR})",
+        "--kafka-dir", type=Path, default=data_dir, help=f"local broker data (default {data_dir})"
     )
     parser.add_argument(
         "--port",
@@ -103,7 +102,16 @@ def add_kafka_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Commands whose module provides add_arguments(parser) and run(args) -> exit code.
+PLUGGED_COMMANDS = {
+    "produce": ("stream.produce", "stream events (and the catalog) into Kafka at a chosen rate"),
+    "tail": ("stream.tail", "pretty-print the interest updates workers publish"),
+    "train": ("model.train", "train the interest model on an event log; write a checkpoint"),
+    "evaluate": ("model.evaluate", "full-ranking HR/NDCG of a checkpoint and the baselines"),
+}
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="currents",
         description="Currents: a streaming user-interest engine on Kafka and Faust.",
@@ -113,16 +121,25 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser(
-        "demo", help="start the local broker and a worker, stream sample events, show the result"
+        "demo",
+        help="the whole product locally: broker, worker, a drifting demo stream, live updates",
     )
-    add_kafka_arguments(demo)
-    demo.add_argument("--users", type=int, default=5, help="sample users (default 5)")
-    demo.add_argument("--events", type=int, default=40, help="sample events (default 40)")
+    add_kafka_arguments(demo, DEMO_KAFKA_DIR)
+    demo.add_argument("--users", type=int, default=300, help="demo users (default 300)")
+    demo.add_argument(
+        "--events-per-user", type=int, default=60, help="events of each user (default 60)"
+    )
+    demo.add_argument(
+        "--rate", type=float, default=100.0, help="events per second, 0 = at once (default 100)"
+    )
+    demo.add_argument(
+        "--epochs", type=int, default=8, help="training epochs of the demo model (default 8)"
+    )
     demo.set_defaults(run=cmd_demo)
 
     kafka = commands.add_parser("kafka", help="the local single-node Kafka broker (KRaft)")
     kafka.add_argument("action", choices=["start", "stop", "status", "fetch"])
-    add_kafka_arguments(kafka)
+    add_kafka_arguments(kafka, DEFAULT_KAFKA_DIR)
     kafka.set_defaults(run=cmd_kafka)
 
     worker = commands.add_parser("worker", help="run a Faust worker until SIGINT/SIGTERM")
@@ -131,6 +148,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     topics = commands.add_parser("topics", help="create the Currents topics if missing")
     topics.set_defaults(run=cmd_topics)
+
+    for name, (module, summary) in PLUGGED_COMMANDS.items():
+        command = commands.add_parser(name, help=summary)
+        if argv and argv[0] == name:  # import (torch, kafka) only for the command that runs
+            plugged = importlib.import_module(module)
+            plugged.add_arguments(command)
+            command.set_defaults(run=plugged.run)
 
     schemas = commands.add_parser("schemas", help="message schemas")
     schemas_commands = schemas.add_subparsers(dest="schemas_command", required=True)
@@ -141,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     return args.run(args)
 

@@ -1,88 +1,91 @@
-"""`currents demo`: the whole pipeline on one machine, from an empty folder to live output.
+"""`currents demo`: the whole product on one machine, from an empty folder to live output.
 
-It starts the local broker (unless KAFKA_BOOTSTRAP names a cluster), creates the topics, starts
-a worker, streams a small sample (and two bad records, to show dead-lettering), prints what the
-worker's table holds, and keeps running until Ctrl-C, then stops worker and broker in order.
+It generates a demo world (a catalog in 8 categories, users whose interests drift), trains a
+model on one sample of that world (once; it is kept in .currents/demo/model.pt), starts a local
+broker and a worker, streams a second sample at a steady rate, and prints the live interest
+updates of one drifting user, with a short explanation of what is on screen. Ctrl-C stops the
+producer, the worker and the broker, in that order.
 """
 
+import argparse
 import os
-import random
+import shutil
 import signal
-import time
-from datetime import UTC, datetime, timedelta
+import threading
 from pathlib import Path
 
-from kafka import KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer
 
-from schemas import BehaviorEvent, EventType
+from schemas import InterestUpdate
+from stream.demo_data import demo_catalog, demo_events, describe_drift, write_demo_dataset
 from stream.processes import get_json, spawn_worker, terminate, wait_for
+from stream.produce import paced, quiet_kafka_logs
 from stream.settings import Settings
+from stream.tail import format_update
 from stream.topics import ensure_topics
 
-__all__ = ["run_demo", "sample_events"]
+__all__ = ["run_demo"]
+
+DEMO_DIR = Path(".currents/demo")
+TRAIN_SEED, STREAM_SEED = 1, 0  # the model never sees the stream it is shown
 
 
-def sample_events(users: int, events: int, seed: int = 7) -> list[BehaviorEvent]:
-    """A reproducible stream of clicks and views, in time order."""
-    rng = random.Random(seed)
-    start = datetime(2024, 5, 1, 9, 0, tzinfo=UTC)
-    return [
-        BehaviorEvent(
-            event_id=f"demo-{n}",
-            user_id=f"user-{rng.randrange(users)}",
-            item_id=f"item-{rng.randrange(50)}",
-            event_type=rng.choice(list(EventType)),
-            timestamp=start + timedelta(seconds=30 * n),
-        )
-        for n in range(events)
-    ]
-
-
-def run_demo(kafka_dir: Path, port: int, users: int, events: int) -> int:
-    """Run until Ctrl-C (SIGINT) or SIGTERM; a local broker started here is stopped here."""
+def run_demo(args: argparse.Namespace) -> int:
+    """Run until Ctrl-C (SIGINT) or SIGTERM; a broker started here is stopped here."""
     from stream.cli import local_kafka
 
-    stopping = []
-    signal.signal(signal.SIGINT, lambda *_: stopping.append(True))
-    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
+    stopping = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    quiet_kafka_logs()
 
+    checkpoint = train_demo_model(args.users, args.events_per_user, args.epochs)
     kafka = None
-    settings = Settings.from_env()
+    settings = Settings.from_env(checkpoint=checkpoint, data_dir=DEMO_DIR / "worker")
     if not (os.environ.get("KAFKA_BOOTSTRAP") or os.environ.get("CURRENTS_BOOTSTRAP")):
-        kafka = local_kafka(kafka_dir, port)
-        settings = Settings.from_env(bootstrap=kafka.bootstrap)
-        if kafka.status()[0]["serving"]:
-            kafka = None  # started by `currents kafka start`: leave it running
+        shutil.rmtree(args.kafka_dir, ignore_errors=True)  # a fresh world on every run
+        kafka = local_kafka(args.kafka_dir, args.port)
+        settings = settings.model_copy(update={"bootstrap": kafka.bootstrap})
+    shutil.rmtree(settings.data_dir, ignore_errors=True)
     worker = None
     try:
         if kafka is not None:
-            print(f"Starting Kafka at {kafka.bootstrap} (data in {kafka_dir}) ...", flush=True)
+            print(f"Starting Kafka at {kafka.bootstrap} (data in {args.kafka_dir}) ...", flush=True)
             kafka.start()
         ensure_topics(settings)
-        worker_log = kafka_dir.parent / "worker.log"
-        print(f"Starting a worker (log: {worker_log}) ...", flush=True)
-        worker = spawn_worker(settings, worker_log)
-        base = f"http://{settings.web_host}:{settings.web_port}"
-        wait_for(lambda: get_json(f"{base}/health")[0] == 200 or stopping, 120, what="worker up")
-
-        stream = sample_events(users, events)
-        _produce(settings, stream)
-        print(f"Produced {len(stream)} events and 2 bad records to {settings.events_topic}.")
-        print("Per-user activity, read from the worker's RocksDB table over HTTP:")
-        for user in sorted({event.user_id for event in stream}):
-            expected = sum(event.user_id == user for event in stream)
-            summary = wait_for(
-                lambda user=user, expected=expected: _activity(base, user, expected) or stopping,
-                60,
-                what=f"{user} processed",
+        catalog = demo_catalog()
+        events = demo_events(catalog, args.users, args.events_per_user, STREAM_SEED)
+        producer = KafkaProducer(bootstrap_servers=settings.bootstrap, acks="all", linger_ms=5)
+        for item in catalog:
+            producer.send(
+                settings.catalog_topic,
+                key=item.item_id.encode(),
+                value=item.model_dump_json().encode(),
             )
-            if stopping:
-                break
-            print(f"  {user}: {summary['events']} events, last item {summary['last_item_id']}")
-        print(f"The 2 bad records are in {settings.dead_letter_topic}, each with its reason.")
-        print("Running; press Ctrl-C to stop.", flush=True)
-        while not stopping and worker.poll() is None:
-            time.sleep(0.5)
+        producer.flush()
+
+        worker_log = DEMO_DIR / "worker.log"
+        print(f"Starting a worker (log: {worker_log}); it encodes the catalog with BERT ...")
+        worker = spawn_worker(settings, worker_log)
+        health = f"http://{settings.web_host}:{settings.web_port}/health"
+        wait_for(
+            lambda: stopping.is_set() or (get_json(health)[1] or {}).get("ready"),
+            300, what="worker ready", process=worker,
+        )  # fmt: skip
+        featured = f"user-{min(7, args.users - 1)}"
+        print(
+            walkthrough(settings, featured, describe_drift(featured, catalog, args.events_per_user))
+        )
+
+        sender = threading.Thread(
+            target=stream_events,
+            args=(producer, settings, events, args.rate, stopping),
+            daemon=True,
+        )
+        sender.start()
+        show_updates(settings, featured, {i.item_id: i.title for i in catalog}, stopping, worker)
+        sender.join()
+        producer.close()
     finally:
         print("Stopping ...", flush=True)
         if worker is not None:
@@ -93,17 +96,80 @@ def run_demo(kafka_dir: Path, port: int, users: int, events: int) -> int:
     return 0
 
 
-def _produce(settings: Settings, stream: list[BehaviorEvent]) -> None:
-    producer = KafkaProducer(bootstrap_servers=settings.bootstrap, acks="all")
-    for event in stream:
-        value = event.model_dump_json().encode()
-        producer.send(settings.events_topic, key=event.user_id.encode(), value=value)
-    producer.send(settings.events_topic, key=b"user-0", value=b"\xff not json")
-    producer.send(settings.events_topic, key=b"user-0", value=b'{"event_id": "x"}')
+def train_demo_model(users: int, events_per_user: int, epochs: int) -> Path:
+    """Train once on a sample of the demo world the stream will not show; reuse it after."""
+    checkpoint = DEMO_DIR / f"model-{users}x{events_per_user}.pt"
+    if checkpoint.exists():
+        return checkpoint
+    from model import train
+
+    print(f"Training the demo model on {users} users x {events_per_user} events (once) ...")
+    events, catalog = write_demo_dataset(DEMO_DIR / "train", users, events_per_user, TRAIN_SEED)
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    options = [
+        "--data",
+        str(events),
+        str(catalog),
+        "--out",
+        str(checkpoint),
+        "--epochs",
+        str(epochs),
+    ]
+    if train.run(parser.parse_args(options)) != 0:
+        raise RuntimeError("training the demo model failed")
+    return checkpoint
+
+
+def stream_events(producer, settings: Settings, events, rate: float, stopping) -> None:
+    for event in paced(events, rate):
+        if stopping.is_set():
+            break
+        producer.send(
+            settings.events_topic,
+            key=event.user_id.encode(),
+            value=event.model_dump_json().encode(),
+        )
     producer.flush()
-    producer.close()
 
 
-def _activity(base: str, user: str, expected: int) -> dict | None:
-    status, body = get_json(f"{base}/users/{user}/activity")
-    return body if status == 200 and body["events"] >= expected else None
+def show_updates(settings: Settings, user: str, titles: dict, stopping, worker) -> None:
+    """Print the featured user's updates as they are published, until Ctrl-C."""
+    consumer = KafkaConsumer(
+        settings.updates_topic,
+        bootstrap_servers=settings.bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        consumer_timeout_ms=500,
+    )
+    try:
+        while not stopping.is_set() and worker.poll() is None:
+            for record in consumer:
+                if record.key == user.encode():
+                    update = InterestUpdate.model_validate_json(record.value)
+                    print(format_update(update, titles), flush=True)
+                if stopping.is_set():
+                    break
+    finally:
+        consumer.close()
+
+
+def walkthrough(settings: Settings, user: str, drift: str) -> str:
+    web = f"http://{settings.web_host}:{settings.web_port}"
+    return (
+        f"""
+What you are watching
+  The demo world has 240 items in 8 categories and users whose favourite category drifts.
+  For every event the worker updates that user's LSTM + attention state (kept in RocksDB) and
+  publishes an interest update to {settings.updates_topic}: the user's interest over categories
+  (the bars), how each moved since the user's previous update (+/-), and the recommended items.
+  Below: every update of {user}. In this stream, {drift}.
+  Watch the first category fade and the next one take over; the recommendations follow.
+  In another terminal:
+    currents tail --user user-3                 another user's updates
+    curl {web}/users/{user}/interests     the current view, from the worker's table
+    curl {web}/metrics                    events/s, batch sizes, latency, lag
+  Press Ctrl-C to stop everything.
+""".rstrip()
+        + "\n"
+    )

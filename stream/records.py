@@ -1,10 +1,17 @@
-"""Plain functions the agents call per record; tests call them without Kafka."""
+"""Plain functions the agents call per record, and the per-user record kept in the state table.
 
+Tests call all of them without Kafka.
+"""
+
+import struct
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from schemas import BehaviorEvent, DeadLetter, ErrorKind, InvalidMessage, decode_event
 
-__all__ = ["dead_letter", "decode_keyed_event", "record_activity"]
+__all__ = ["UserRecord", "dead_letter", "decode_keyed_event"]
+
+RECENT = 32  # event ids kept for duplicate detection, item ids kept out of recommendations
 
 
 def decode_keyed_event(key: bytes | None, value: bytes) -> BehaviorEvent:
@@ -44,16 +51,67 @@ def dead_letter(
     )
 
 
-def record_activity(
-    previous: dict | None, event: BehaviorEvent, partition: int, offset: int
-) -> dict:
-    """Fold one event into a user's activity summary (count, last event, source offset)."""
-    count = (previous or {}).get("events", 0) + 1
-    return {
-        "events": count,
-        "last_event_id": event.event_id,
-        "last_item_id": event.item_id,
-        "last_timestamp": event.timestamp.isoformat(),
-        "partition": partition,
-        "offset": offset,
-    }
+_RECORD_MAGIC = b"CUUR"
+_RECORD_FORMAT = 1
+_RECORD_HEAD = struct.Struct("<4sHiqHHII")  # magic, format, partition, offset, counts, lengths
+
+
+@dataclass(frozen=True)
+class UserRecord:
+    """What the state table holds for one user: the model state and what it has applied.
+
+    `partition`/`offset` is the last events-topic record applied and `recent_events` the ids of
+    the last events, so a record redelivered after a crash, or a producer's retried duplicate,
+    is recognised and never applied twice. `prev_interest` is the interest vector before the
+    last update, so that update can be re-published identically after a crash.
+    """
+
+    state: bytes  # model.state wire format (carries the model version)
+    prev_interest: bytes  # float32 (d,)
+    partition: int = -1
+    offset: int = -1
+    recent_events: tuple[str, ...] = field(default=())
+    recent_items: tuple[str, ...] = field(default=())
+
+    def covers(self, partition: int, offset: int) -> bool:
+        """Whether the record at `partition`/`offset` was already applied (a redelivery)."""
+        return partition == self.partition and offset <= self.offset
+
+    def to_bytes(self) -> bytes:
+        events, items = _pack(self.recent_events), _pack(self.recent_items)
+        head = _RECORD_HEAD.pack(
+            _RECORD_MAGIC, _RECORD_FORMAT, self.partition, self.offset,
+            len(events), len(items), len(self.prev_interest), len(self.state),
+        )  # fmt: skip
+        return head + events + items + self.prev_interest + self.state
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> "UserRecord":
+        magic, fmt, partition, offset, n_events, n_items, n_prev, n_state = (
+            _RECORD_HEAD.unpack_from(raw)
+        )
+        if magic != _RECORD_MAGIC or fmt != _RECORD_FORMAT:
+            raise ValueError(f"not a user record of format {_RECORD_FORMAT}")
+        at = _RECORD_HEAD.size
+        events = _unpack(raw[at : at + n_events])
+        at += n_events
+        items = _unpack(raw[at : at + n_items])
+        at += n_items
+        prev = raw[at : at + n_prev]
+        state = raw[at + n_prev : at + n_prev + n_state]
+        if len(state) != n_state:
+            raise ValueError("user record is truncated")
+        return cls(state, prev, partition, offset, events, items)
+
+
+def _pack(strings: tuple[str, ...]) -> bytes:
+    return b"".join(struct.pack("<H", len(b)) + b for b in (s.encode() for s in strings))
+
+
+def _unpack(raw: bytes) -> tuple[str, ...]:
+    out, at = [], 0
+    while at < len(raw):
+        (size,) = struct.unpack_from("<H", raw, at)
+        out.append(raw[at + 2 : at + 2 + size].decode())
+        at += 2 + size
+    return tuple(out)

@@ -26,6 +26,10 @@ class Settings(BaseModel):
     catalog_topic: str = Field(default="currents.catalog", description="Item upserts/deletes in.")
     updates_topic: str = Field(default="currents.interest-updates", description="Updates out.")
     dead_letter_topic: str = Field(default="currents.dead-letters", description="Rejects out.")
+    item_vectors_topic: str = Field(
+        default="currents.item-vectors",
+        description="Encoded items, compacted; every worker reads it.",
+    )
     partitions: int = Field(default=8, ge=1, description="Partitions of every Currents topic.")
     replication_factor: int = Field(default=1, ge=1, description="Replication of every topic.")
     data_dir: Path = Field(
@@ -35,6 +39,19 @@ class Settings(BaseModel):
     web_port: int = Field(default=6066, ge=1, le=65535, description="HTTP port of this worker.")
     web_host: str = Field(default="127.0.0.1", description="Address peers reach this worker at.")
     web_bind: str = Field(default="127.0.0.1", description="Interface the HTTP server binds to.")
+    checkpoint: Path | None = Field(
+        default=None, description="Model checkpoint (`currents train`); required by workers."
+    )
+    device: str = Field(default="cpu", description="Torch device for inference: cpu, cuda, cuda:1.")
+    batch_size: int = Field(default=256, ge=1, description="Most events in one micro-batch.")
+    batch_window: float = Field(
+        default=0.05, gt=0, description="Seconds a micro-batch waits to fill before it runs."
+    )
+    top_n: int = Field(default=10, ge=1, le=1000, description="Recommendations per update.")
+    top_categories: int = Field(default=5, ge=1, description="Interest categories per update.")
+    encoder_cache: Path = Field(
+        default=Path(".cache/item-vectors"), description="On-disk cache of item text vectors."
+    )
     commit_interval: float = Field(default=2.8, gt=0, description="Seconds between commits.")
     session_timeout: float = Field(
         default=30.0, ge=6, description="Seconds before a silent worker's partitions move."
@@ -59,4 +76,4 @@ class Settings(BaseModel):
 
     def to_env(self) -> dict[str, str]:
         """The `CURRENTS_*` variables that reproduce these settings in a child process."""
-        return {ENV_PREFIX + name.upper(): str(value) for name, value in self}
+        return {ENV_PREFIX + name.upper(): str(value) for name, value in self if value is not None}

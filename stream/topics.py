@@ -5,6 +5,8 @@ topics share one partition count, so a user's events, state changelog and update
 partitions with the same number and land on the same worker.
 """
 
+import time
+
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
@@ -23,6 +25,8 @@ def topic_specs(settings: Settings) -> dict[str, dict[str, str]]:
         settings.events_topic: {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)},
         # latest version of each item, forever: a new worker reads the whole catalog
         settings.catalog_topic: {"cleanup.policy": "compact"},
+        # text vectors of live items; a deleted item leaves a tombstone that compaction removes
+        settings.item_vectors_topic: {"cleanup.policy": "compact"},
         settings.updates_topic: {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)},
         settings.dead_letter_topic: {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)},
     }
@@ -43,6 +47,17 @@ def ensure_topics(settings: Settings) -> list[str]:
                 admin.create_topics(missing, wait_for_metadata=True)
             except TopicAlreadyExistsError:
                 pass  # another worker created it between list and create
+            _wait_for_leaders(admin, [topic.name for topic in missing])
         return [topic.name for topic in missing]
     finally:
         admin.close()
+
+
+def _wait_for_leaders(admin: KafkaAdminClient, names: list[str], timeout: float = 30.0) -> None:
+    """Return once every partition of `names` has a leader, so the first sends succeed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        described = admin.describe_topics(names)
+        if all(p["leader_id"] >= 0 for topic in described for p in topic["partitions"]):
+            return
+        time.sleep(0.1)

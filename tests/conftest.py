@@ -43,6 +43,7 @@ def settings_factory(kafka_bootstrap: str, tmp_path: Path) -> Callable[..., Sett
             catalog_topic=f"catalog-{run}",
             updates_topic=f"updates-{run}",
             dead_letter_topic=f"dead-letters-{run}",
+            item_vectors_topic=f"item-vectors-{run}",
             partitions=TEST_PARTITIONS,
             data_dir=tmp_path / "worker",
             web_port=free_port(),

@@ -14,13 +14,14 @@ from stream.processes import wait_for
 
 
 def processes_mentioning(text: str) -> list[int]:
-    """Pids whose command line or environment contains `text`."""
+    """Pids whose command line, environment or working directory contains `text`."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
         try:
             blob = (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
+            blob += os.readlink(proc / "cwd").encode()
             state = (proc / "stat").read_text().split()[2]
         except OSError:
             continue
@@ -62,29 +63,33 @@ def test_run_command_streams_the_demo_and_stops_everything_on_ctrl_c(tmp_path):
     marker = str(tmp_path)  # in the broker's command line and the worker's environment
     env = {
         **{k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"},
-        "CURRENTS_DATA_DIR": str(tmp_path / "worker"),
         "CURRENTS_WEB_PORT": str(free_port()),
+        "CURRENTS_ENCODER_CACHE": str(Path(".cache/item-vectors").absolute()),
+        "CURRENTS_CACHE_DIR": str(Path(".cache/item-vectors").absolute()),
         "PYTHONUNBUFFERED": "1",
     }
-    port = str(free_port())
+    command = [
+        sys.executable, "-m", "stream", "demo", "--kafka-dir", str(tmp_path / "kafka"),
+        "--port", str(free_port()), "--users", "12", "--events-per-user", "10",
+        "--rate", "50", "--epochs", "1",
+    ]  # fmt: skip
     demo = subprocess.Popen(
-        [sys.executable, "-m", "stream", "demo", "--kafka-dir", str(tmp_path / "kafka"),
-         "--port", port],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,
+        command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
     )  # fmt: skip
     lines = []
     try:
         for line in demo.stdout:
             lines.append(line)
-            if "press Ctrl-C" in line:
-                break
-        assert any("Produced 40 events" in line for line in lines), "".join(lines)
-        assert sum(" events, last item " in line for line in lines) == 5, "".join(lines)
+            if line.startswith("user-7  "):
+                break  # the header of the featured user's first live update
+        output = "".join(lines)
+        assert "What you are watching" in output, output
+        assert "user-7 moves from" in output, output
         children = set(processes_mentioning(marker)) - {demo.pid}
         assert len(children) == 2, children  # the broker and the worker
         os.killpg(demo.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
-        assert demo.wait(60) == 0
+        assert demo.wait(90) == 0
     finally:
         if demo.poll() is None:
             demo.kill()

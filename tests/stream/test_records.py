@@ -1,12 +1,10 @@
-import json
-
 import pytest
 
 from schemas import DeadLetter, ErrorKind, InvalidMessage
-from stream.demo import sample_events
-from stream.records import dead_letter, decode_keyed_event, record_activity
+from stream.demo_data import demo_catalog, demo_events
+from stream.records import UserRecord, dead_letter, decode_keyed_event
 
-EVENT = sample_events(users=1, events=1)[0]
+EVENT = demo_events(demo_catalog(), users=1, events_per_user=1)[0]
 RAW = EVENT.model_dump_json().encode()
 
 
@@ -35,9 +33,23 @@ def test_dead_letter_keeps_original_bytes_and_reason():
     assert letter.error_kind is ErrorKind.UNDECODABLE and letter.reason == "not UTF-8 JSON: boom"
 
 
-def test_activity_counts_events_and_remembers_the_last():
-    first, second = sample_events(users=1, events=2)
-    summary = record_activity(record_activity(None, first, 0, 10), second, 0, 11)
-    assert summary["events"] == 2
-    assert (summary["last_event_id"], summary["offset"]) == (second.event_id, 11)
-    assert json.loads(json.dumps(summary)) == summary  # stored by the json codec
+def test_user_record_round_trips_and_recognises_redeliveries():
+    record = UserRecord(
+        state=b"CUST\x01state-bytes",
+        prev_interest=bytes(range(16)),
+        partition=3,
+        offset=41,
+        recent_events=("e-1", "é-2"),
+        recent_items=("i-9",),
+    )
+    assert UserRecord.from_bytes(record.to_bytes()) == record
+    assert record.covers(3, 41) and record.covers(3, 0)
+    assert not record.covers(3, 42) and not record.covers(2, 41)
+
+
+def test_truncated_or_foreign_user_records_are_refused():
+    raw = UserRecord(state=b"x" * 40, prev_interest=b"").to_bytes()
+    with pytest.raises(ValueError, match="truncated"):
+        UserRecord.from_bytes(raw[:-1])
+    with pytest.raises(ValueError, match="not a user record"):
+        UserRecord.from_bytes(b"JUNK" + raw[4:])

@@ -1,0 +1,268 @@
+"""The interest engine: a micro-batch of events in, new user records and interest updates out.
+
+Nothing here touches Kafka or Faust: the live agents (stream/app.py) and replays call the same
+`Engine`, and tests call it directly. One `apply` is one batched `step` for every user in the
+batch (a user with several events is stepped in order), one ranking over the item matrix, and
+one record plus one `InterestUpdate` per user.
+"""
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from model.checkpoint import Checkpoint
+from model.config import event_type_index
+from model.interest import StepOutput, category_shift, top_n
+from model.serving import step_events
+from model.state import StateError, UserState
+from schemas import BehaviorEvent, ErrorKind, InvalidMessage
+from schemas.outputs import SCHEMA_VERSION
+from stream.items import ItemMatrix
+from stream.records import RECENT, UserRecord, decode_keyed_event
+
+__all__ = ["Engine", "Incoming", "UserOutcome"]
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A valid event of the batch, with where it came from."""
+
+    event: BehaviorEvent
+    partition: int
+    offset: int
+    appended_at: float  # Kafka record timestamp, seconds: the start of the update's latency
+    item_row: int  # the item's row in the item matrix when the event was admitted
+    source: object = None  # the Faust event, so the state write lands in its partition
+
+
+@dataclass(frozen=True)
+class UserOutcome:
+    user_id: str
+    record: bytes  # the new state-table value
+    update: bytes  # InterestUpdate JSON
+    last: Incoming  # the user's last event in the batch
+    applied: int  # events newly applied; 0 when re-publishing after a redelivery
+
+
+class Engine:
+    def __init__(
+        self, checkpoint: Checkpoint, items: ItemMatrix, top_n: int = 10, top_categories: int = 5
+    ):
+        self.checkpoint = checkpoint
+        self.model = checkpoint.model
+        self.items = items
+        self.top_n = top_n
+        self.top_categories = top_categories
+        self.device = items.device
+        self.duplicates = 0  # events dropped because their event_id was already applied
+        self.state_resets = 0  # unreadable stored states replaced by a fresh one
+
+    def admit(
+        self,
+        key: bytes | None,
+        value: bytes,
+        partition: int,
+        offset: int,
+        timestamp: float,
+        source: object = None,
+    ) -> Incoming:
+        """Decode and check one events-topic record; raise InvalidMessage to dead-letter it.
+
+        Events for items the catalog does not have are rejected (`unknown_item`): the item has
+        no vector to learn from. Publish catalog upserts before events that refer to them; the
+        dead letter keeps the event for a replay once the item exists.
+        """
+        event = decode_keyed_event(key, value)
+        row = self.items.rows.get(event.item_id)
+        if row is None:
+            raise InvalidMessage(
+                ErrorKind.UNKNOWN_ITEM, f"item {event.item_id!r} is not in the catalog"
+            )
+        try:
+            event_type_index(event.event_type.value)
+        except ValueError as error:
+            raise InvalidMessage(ErrorKind.SCHEMA_VIOLATION, str(error)) from None
+        return Incoming(event, partition, offset, timestamp, row, source)
+
+    @torch.inference_mode()
+    def apply(
+        self, stored: Mapping[str, bytes | None], batch: Sequence[Incoming]
+    ) -> list[UserOutcome]:
+        """Apply a batch (in partition order) to the users' stored records."""
+        by_user: dict[str, list[Incoming]] = {}
+        for incoming in batch:
+            by_user.setdefault(incoming.event.user_id, []).append(incoming)
+        records = {user: self._record(stored.get(user)) for user in by_user}
+
+        fresh: dict[str, list[Incoming]] = {}  # events to apply now
+        redelivered: dict[str, list[Incoming]] = {}  # applied before a crash: re-publish
+        for user, events in by_user.items():
+            record, seen = records[user], set(records[user].recent_events)
+            for incoming in events:
+                if record.covers(incoming.partition, incoming.offset):
+                    redelivered.setdefault(user, []).append(incoming)
+                elif incoming.event.event_id in seen:
+                    self.duplicates += 1
+                else:
+                    fresh.setdefault(user, []).append(incoming)
+                    seen.add(incoming.event.event_id)
+
+        stepped = list(fresh)
+        states = self._states([records[user].state for user in stepped])
+        prev = states.interest.clone()  # (U, d) before this batch
+        if stepped:
+            row_of = {user: row for row, user in enumerate(stepped)}
+            events = [incoming for user in stepped for incoming in fresh[user]]
+            states, _ = step_events(
+                self.model,
+                states,
+                torch.tensor([row_of[i.event.user_id] for i in events], device=self.device),
+                self.items.reps[torch.tensor([i.item_row for i in events], device=self.device)],
+                torch.tensor(
+                    [event_type_index(i.event.event_type.value) for i in events],
+                    device=self.device,
+                ),
+                torch.tensor(
+                    [i.event.timestamp.timestamp() for i in events],
+                    dtype=torch.float64,
+                    device=self.device,
+                ),
+            )
+        blobs = self.checkpoint.encode_states(states) if stepped else []
+
+        republished = [user for user in redelivered if user not in fresh]
+        kept = self._states([records[user].state for user in republished])
+        interest = torch.cat([states.interest, kept.interest])  # (U + R, d)
+        prev = torch.cat([prev, self._prev([records[u].prev_interest for u in republished])])
+
+        new_records = []
+        for row, user in enumerate(stepped):
+            record, applied = records[user], fresh[user]
+            new_records.append(
+                UserRecord(
+                    state=blobs[row],
+                    prev_interest=prev[row].cpu().numpy().astype("<f4").tobytes(),
+                    partition=applied[-1].partition,
+                    offset=applied[-1].offset,
+                    recent_events=(*record.recent_events, *(i.event.event_id for i in applied))[
+                        -RECENT:
+                    ],
+                    recent_items=(*record.recent_items, *(i.event.item_id for i in applied))[
+                        -RECENT:
+                    ],
+                )
+            )
+        new_records += [records[user] for user in republished]
+        users = stepped + republished
+        views = self._views(interest, prev, [r.recent_items for r in new_records])
+
+        outcomes, now = [], time.time()
+        for user, record, view in zip(users, new_records, views, strict=True):
+            covered = sorted(
+                redelivered.get(user, []) + fresh.get(user, []), key=lambda i: i.offset
+            )
+            update = {
+                "schema_version": SCHEMA_VERSION,
+                "update_id": f"{self.checkpoint.version}:{user}:{record.partition}:{record.offset}",
+                "user_id": user,
+                "model_version": self.checkpoint.version,
+                "events": [
+                    {
+                        "event_id": i.event.event_id,
+                        "event_type": i.event.event_type.value,
+                        "timestamp": i.event.timestamp.isoformat(),
+                        "partition": i.partition,
+                        "offset": i.offset,
+                    }
+                    for i in covered
+                ],
+                **view,
+                "latency_ms": max(0.0, (now - covered[-1].appended_at) * 1000),
+            }
+            outcomes.append(
+                UserOutcome(
+                    user, record.to_bytes(), json.dumps(update).encode(), covered[-1],
+                    len(fresh.get(user, [])),
+                )
+            )  # fmt: skip
+        return outcomes
+
+    @torch.inference_mode()
+    def describe(self, stored: bytes) -> dict:
+        """A user's current interests and recommendations, from the stored record alone."""
+        record = self._record(stored)
+        state = self._states([record.state])
+        prev = self._prev([record.prev_interest])
+        view = self._views(state.interest, prev, [record.recent_items])[0]
+        return {"events_applied": int(state.count[0]), **view}
+
+    def _views(
+        self, interest: torch.Tensor, prev: torch.Tensor, recent: list[tuple[str, ...]]
+    ) -> list[dict]:
+        """Rank items and categories for each row: interests, their shift, recommendations."""
+        if not len(recent):
+            return []
+        items = self.items
+        exclude = (~items.alive).expand(len(recent), -1).clone()  # (B, rows)
+        for row, item_ids in enumerate(recent):
+            hidden = [items.rows[i] for i in item_ids if i in items.rows]
+            exclude[row, hidden] = True
+        scores, index = top_n(interest, items.reps, self.top_n, exclude)  # (B, n) each
+        dist, shift = category_shift(StepOutput(interest, prev), items.reps, items.membership())
+        names = items.category_names()
+        k = min(self.top_categories, len(names))
+        top = dist.topk(k, dim=-1).indices.tolist()
+        movers = shift.abs().topk(k, dim=-1).indices.tolist()
+        dist, shift = dist.tolist(), shift.tolist()
+        views = []
+        for row, (row_scores, row_index) in enumerate(
+            zip(scores.tolist(), index.tolist(), strict=True)
+        ):
+            views.append(
+                {
+                    "interests": {names[c]: dist[row][c] for c in top[row]},
+                    "interest_shift": {
+                        names[c]: shift[row][c] for c in dict.fromkeys(top[row] + movers[row])
+                    },
+                    "recommendations": [
+                        {"item_id": items.item_id(i), "score": s}
+                        for s, i in zip(row_scores, row_index, strict=True)
+                        if np.isfinite(s)
+                    ],
+                }
+            )
+        return views
+
+    def _record(self, stored: bytes | None) -> UserRecord:
+        if stored is None:
+            return UserRecord(state=b"", prev_interest=b"")
+        return UserRecord.from_bytes(stored)
+
+    def _states(self, blobs: list[bytes]) -> UserState:
+        """Decode stored states (b"" = new user) onto the device.
+
+        A state this model cannot read (corrupt bytes) restarts that user from a fresh state
+        rather than blocking every later event of theirs; `state_resets` counts it.
+        """
+        try:
+            states = self.checkpoint.decode_states([b or None for b in blobs])
+        except StateError:
+            readable = []
+            for blob in blobs:
+                try:
+                    self.checkpoint.decode_states([blob or None])
+                    readable.append(blob or None)
+                except StateError:
+                    self.state_resets += 1
+                    readable.append(None)
+            states = self.checkpoint.decode_states(readable)
+        return UserState(*(getattr(states, f.name).to(self.device) for f in fields(states)))
+
+    def _prev(self, blobs: list[bytes]) -> torch.Tensor:
+        d = self.checkpoint.config.d_model
+        rows = [np.frombuffer(b, dtype="<f4") if b else np.zeros(d, "<f4") for b in blobs]
+        return torch.from_numpy(np.stack(rows) if rows else np.zeros((0, d), "<f4")).to(self.device)

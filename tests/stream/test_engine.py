@@ -1,0 +1,197 @@
+"""The engine against the offline model: same states, same scores, whatever the batching."""
+
+import random
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+import torch
+
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.config import ModelConfig, event_type_index
+from model.interest import InterestModel, top_n
+from schemas import BehaviorEvent, ErrorKind, EventType, InterestUpdate, InvalidMessage
+from stream.engine import Engine, Incoming
+from stream.items import ItemMatrix, ItemVector
+from stream.records import UserRecord
+
+TEXT_DIM, ENCODER = 8, "test-encoder"
+CATEGORIES = ["Jazz", "Space", "Chess"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    config = ModelConfig(n_items=6, text_dim=TEXT_DIM, d_model=16, window=4, type_dim=4)
+    path = tmp_path_factory.mktemp("ckpt") / "model.pt"
+    warm = {f"item-{i}": i + 1 for i in range(5)}
+    save_checkpoint(path, InterestModel(config), warm, CATEGORIES, ENCODER)
+    return load_checkpoint(path)
+
+
+def item_vectors(n: int, seed: int = 1) -> list[ItemVector]:
+    rng = np.random.default_rng(seed)
+    return [
+        ItemVector(
+            f"item-{i}", rng.normal(size=TEXT_DIM).astype("f4"), bytes(32), ENCODER,
+            f"Item {i}", (CATEGORIES[i % 3],),
+        )
+        for i in range(n)
+    ]  # fmt: skip
+
+
+@pytest.fixture()
+def engine(checkpoint):
+    items = ItemMatrix(checkpoint.model.item_representations, checkpoint.item_index, ENCODER)
+    items.upsert(item_vectors(12))
+    return Engine(checkpoint, items, top_n=5, top_categories=3)
+
+
+def stream_of(users: int, events: int, seed: int = 3) -> list[tuple[BehaviorEvent, int, int]]:
+    """(event, partition, offset) in partition order; a user always in one partition."""
+    rng = random.Random(seed)
+    start = datetime(2024, 1, 1, tzinfo=UTC)
+    offsets, out = {}, []
+    for n in range(events):
+        user = rng.randrange(users)
+        partition = user % 2
+        offsets[partition] = offsets.get(partition, -1) + 1
+        event = BehaviorEvent(
+            event_id=f"e{n}", user_id=f"u{user}", item_id=f"item-{rng.randrange(12)}",
+            event_type=rng.choice(list(EventType)), timestamp=start + timedelta(minutes=n),
+        )  # fmt: skip
+        out.append((event, partition, offsets[partition]))
+    return out
+
+
+def admit(engine, event, partition, offset) -> Incoming:
+    raw = event.model_dump_json().encode()
+    return engine.admit(event.user_id.encode(), raw, partition, offset, 0.0)
+
+
+def run(engine, stream, batch_size, stored=None):
+    stored = {} if stored is None else stored
+    updates = []
+    for start in range(0, len(stream), batch_size):
+        batch = [admit(engine, *item) for item in stream[start : start + batch_size]]
+        for outcome in engine.apply(stored, batch):
+            stored[outcome.user_id] = outcome.record
+            updates.append(InterestUpdate.model_validate_json(outcome.update))
+    return stored, updates
+
+
+def offline(checkpoint, engine, events: list[BehaviorEvent]):
+    """One user's events through `step`, one at a time, as the model's own API does it."""
+    model, state = checkpoint.model, checkpoint.model.fresh_state(1)
+    with torch.inference_mode():
+        for event in events:
+            row = engine.items.rows[event.item_id]
+            state, _ = model.step(
+                state,
+                engine.items.reps[[row]],
+                torch.tensor([event_type_index(event.event_type.value)]),
+                torch.tensor([event.timestamp.timestamp()], dtype=torch.float64),
+            )
+    return state
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 64])
+def test_batched_engine_equals_offline_steps_and_covers_every_event_once(
+    checkpoint, engine, batch_size
+):
+    stream = stream_of(users=9, events=60)
+    stored, updates = run(engine, stream, batch_size)
+
+    covered = [ref.event_id for update in updates for ref in update.events]
+    assert sorted(covered) == sorted(e.event_id for e, _, _ in stream)
+    for user in {e.user_id for e, _, _ in stream}:
+        expected = offline(checkpoint, engine, [e for e, _, _ in stream if e.user_id == user])
+        got = checkpoint.decode_states([UserRecord.from_bytes(stored[user]).state])
+        assert torch.allclose(got.h, expected.h, atol=1e-5)
+        assert torch.allclose(got.interest, expected.interest, atol=1e-5)
+        last = [u for u in updates if u.user_id == user][-1]
+        seen = [e.item_id for e, _, _ in stream if e.user_id == user][-32:]
+        exclude = ~engine.items.alive.clone().unsqueeze(0)
+        exclude[0, [engine.items.rows[i] for i in seen]] = True
+        scores, index = top_n(expected.interest, engine.items.reps, 5, exclude)
+        ranked = [
+            (engine.items.item_id(i), s)
+            for s, i in zip(scores[0].tolist(), index[0].tolist(), strict=True)
+            if np.isfinite(s)
+        ]
+        assert [r.item_id for r in last.recommendations] == [i for i, _ in ranked]
+        assert [r.score for r in last.recommendations] == pytest.approx(
+            [s for _, s in ranked], abs=1e-5
+        )
+        assert sum(last.interests.values()) <= 1.0 + 1e-6
+
+
+def test_redelivered_events_are_not_applied_twice_but_republished_identically(engine):
+    stream = stream_of(users=4, events=20)
+    stored, updates = run(engine, stream, 5)
+    again, republished = run(engine, stream[10:], 5, stored=dict(stored))
+    assert again == stored  # state untouched
+    original = {u.update_id: u for u in updates}
+    for update in republished:
+        assert update.update_id in original
+        assert update.interests == original[update.update_id].interests
+        assert update.recommendations == original[update.update_id].recommendations
+
+
+def test_duplicate_event_ids_are_dropped(engine):
+    stream = stream_of(users=2, events=6)
+    event, partition, offset = stream[-1]
+    retried = (event, partition, offset + 100)  # a producer retry: same id, later offset
+    stored, _ = run(engine, stream, 6)
+    again, updates = run(engine, [retried], 1, stored=dict(stored))
+    assert again == stored and updates == []
+    assert engine.duplicates == 1
+
+
+def test_unknown_items_and_bad_records_are_rejected_with_a_reason(engine):
+    event = stream_of(users=1, events=1)[0][0].model_copy(update={"item_id": "nope"})
+    with pytest.raises(InvalidMessage) as caught:
+        admit(engine, event, 0, 0)
+    assert caught.value.kind is ErrorKind.UNKNOWN_ITEM and "nope" in caught.value.reason
+    with pytest.raises(InvalidMessage) as caught:
+        engine.admit(b"u0", b"{oops", 0, 1, 0.0)
+    assert caught.value.kind is ErrorKind.UNDECODABLE
+
+
+def test_deleted_items_are_never_recommended_and_new_ones_are(checkpoint, engine):
+    stream = stream_of(users=3, events=12)
+    _, before = run(engine, stream, 12)
+    best = before[0].recommendations[0].item_id
+    engine.items.delete(best)
+    fresh = item_vectors(1, seed=9)[0]
+    engine.items.upsert([ItemVector("brand-new", fresh.vector, bytes(32), ENCODER, "New", ())])
+    stored = {}
+    for event, partition, offset in stream[:11]:
+        if event.item_id == best:
+            continue
+        for outcome in engine.apply(stored, [admit(engine, event, partition, offset)]):
+            stored[outcome.user_id] = outcome.record
+            recommended = {
+                r.item_id
+                for r in InterestUpdate.model_validate_json(outcome.update).recommendations
+            }
+            assert best not in recommended
+    engine.top_n = 100  # the whole catalog, ranked
+    ranked = [r["item_id"] for r in engine.describe(stored[before[0].user_id])["recommendations"]]
+    assert best not in ranked and "brand-new" in ranked
+
+
+def test_corrupt_stored_state_restarts_only_that_user(engine):
+    stream = stream_of(users=2, events=8)
+    stored, _ = run(engine, stream, 8)
+    user = stream[0][0].user_id
+    record = UserRecord.from_bytes(stored[user])
+    stored[user] = UserRecord(b"CUST garbage", record.prev_interest).to_bytes()
+    event = stream[0][0].model_copy(update={"event_id": "later"})
+    outcomes = engine.apply(stored, [admit(engine, event, stream[0][1], 1000)])
+    assert engine.state_resets == 1
+    assert checkpoint_count(engine, outcomes[0].record) == 1
+
+
+def checkpoint_count(engine, record: bytes) -> int:
+    return int(engine.checkpoint.decode_states([UserRecord.from_bytes(record).state]).count[0])
