@@ -28,6 +28,7 @@ from stream.items import (
     text_digest,
 )
 from stream.metrics import Metrics
+from stream.progress import HoleReader, Record, holes
 from stream.records import dead_letter
 from stream.settings import Settings
 
@@ -51,6 +52,7 @@ def create_app(settings: Settings) -> faust.App:
     items_ready = asyncio.Event()  # ... and so is the catalog backlog present at start
     model_thread = ThreadPoolExecutor(1, "currents-model")  # torch runs off the event loop
     encoder_thread = ThreadPoolExecutor(1, "currents-encoder")
+    repair_thread = ThreadPoolExecutor(1, "currents-repair")  # blocking Kafka reads
     next_offsets: dict[int, int] = {}  # events partition -> next offset to process (lag)
 
     app = faust.App(
@@ -90,14 +92,23 @@ def create_app(settings: Settings) -> faust.App:
         help="Per user: LSTM + attention state and the events it has applied.",
     )
 
-    async def reject(error: InvalidMessage, event) -> None:
+    # Next events offset to process per partition, beside the states it produced.
+    progress = app.Table(
+        f"events-progress-{checkpoint.version}",
+        key_type=bytes,  # the partition number, as text
+        value_type=bytes,  # the next offset, as text
+        options={"driver": "rocksdict"},
+        help="Per events partition: the next offset the states are waiting for.",
+    )
+    reader = []  # a HoleReader, made in the repair thread on first use
+
+    async def reject(error: InvalidMessage, topic: str, record: Record) -> None:
         # Faust acks a record even when the body raises: reject it here, explicitly.
-        message = event.message
         metrics.dead_letters.labels(error.kind.value).inc()
         await dead_letters.send(
-            key=event.key,
+            key=record.key,
             value=dead_letter(
-                error, event.key, event.value, message.topic, message.partition, message.offset
+                error, record.key, record.value, topic, record.partition, record.offset
             ),
         )
 
@@ -136,8 +147,8 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(catalog)
     async def encode_catalog(stream):
         """Encode new or changed items once and publish their vectors for every worker."""
-        await items_loaded.wait()
         async for batch in stream.take_events(64, 1.0):
+            await items_loaded.wait()
             changes = {}  # item id -> the last upsert or deletion of the batch
             for event in batch:
                 try:
@@ -147,7 +158,7 @@ def create_app(settings: Settings) -> faust.App:
                             ErrorKind.KEY_MISMATCH, "catalog records must be keyed by item_id"
                         )
                 except InvalidMessage as error:
-                    await reject(error, event)
+                    await reject(error, settings.catalog_topic, _record(event))
                     continue
                 changes[message.item_id] = message
             upserts = [
@@ -170,8 +181,8 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(events)
     async def update_interests(stream):
         """Micro-batches across users: one batched model step, one record and update per user."""
-        await items_ready.wait()
         async for batch in stream.take_events(settings.batch_size, settings.batch_window):
+            await items_ready.wait()
             try:
                 await process(batch)
             except Exception:
@@ -181,21 +192,46 @@ def create_app(settings: Settings) -> faust.App:
 
     async def process(batch) -> None:
         metrics.batch_events.observe(len(batch))
-        admitted = []
+        partitions = {}  # partition -> (an event of it, its records in offset order)
         for event in batch:
-            message = event.message
-            next_offsets[message.partition] = message.offset + 1
-            try:
-                admitted.append(
-                    engine.admit(
-                        event.key, event.value, message.partition, message.offset,
-                        message.timestamp, source=event,
-                    )
-                )  # fmt: skip
-            except InvalidMessage as error:
-                await reject(error, event)
-        if not admitted:
-            return
+            record = _record(event)
+            partitions.setdefault(record.partition, (event, []))[1].append(record)
+            next_offsets[record.partition] = record.offset + 1
+        loop = asyncio.get_running_loop()
+        admitted, next_progress = [], {}
+        for partition, (context, records) in partitions.items():
+            expected = progress.get(str(partition).encode())
+            if expected is None:
+                expected = await loop.run_in_executor(repair_thread, start_offset, partition)
+            missing, after = holes(int(expected), [r.offset for r in records])
+            for start, end in missing:
+                log.warning(
+                    "events partition %d: reading skipped offsets %d-%d", partition, start, end - 1
+                )
+                filled = await loop.run_in_executor(
+                    repair_thread, read_range, partition, start, end
+                )
+                metrics.repaired.inc(len(filled))
+                records.extend(filled)
+            records.sort(key=lambda r: r.offset)
+            next_progress[partition] = after
+            for record in records:
+                try:
+                    admitted.append(
+                        engine.admit(
+                            record.key, record.value, record.partition, record.offset,
+                            record.timestamp, source=context,
+                        )
+                    )  # fmt: skip
+                except InvalidMessage as error:
+                    await reject(error, settings.events_topic, record)
+        if admitted:
+            await apply(admitted)
+        for partition, (context, _) in partitions.items():
+            with _in_partition_of(context):
+                progress[str(partition).encode()] = str(next_progress[partition]).encode()
+
+    async def apply(admitted) -> None:
         async with items.lock:
             stored = {i.event.user_id: user_states.get(i.event.user_id.encode()) for i in admitted}
             started = time.perf_counter()
@@ -210,6 +246,18 @@ def create_app(settings: Settings) -> faust.App:
             metrics.update_latency.observe(max(0.0, time.time() - outcome.last.appended_at))
             metrics.events.inc(outcome.applied)
         metrics.updates.inc(len(outcomes))
+
+    # Both run in the repair thread, which owns the (blocking, kafka-python) HoleReader.
+    def start_offset(partition: int) -> int:
+        return hole_reader().start(partition)
+
+    def read_range(partition: int, start: int, end: int) -> list[Record]:
+        return hole_reader().read(partition, start, end)
+
+    def hole_reader() -> HoleReader:
+        if not reader:
+            reader.append(HoleReader(settings.bootstrap, settings.events_topic, settings.app_id))
+        return reader[0]
 
     @app.table_route(table=user_states, match_info="user_id")
     async def routed_interests(web, request, user_id: str):
@@ -259,6 +307,11 @@ def create_app(settings: Settings) -> faust.App:
         return web.bytes(metrics.render(), content_type="text/plain; version=0.0.4")
 
     return app
+
+
+def _record(event) -> Record:
+    message = event.message
+    return Record(event.key, event.value, message.partition, message.offset, message.timestamp)
 
 
 def _exit_fatal(message: str) -> None:

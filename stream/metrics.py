@@ -37,6 +37,11 @@ class Metrics:
             "currents_consumer_lag", "Events not yet processed, per events partition.",
             ["partition"], registry=registry,
         )  # fmt: skip
+        self.repaired = Counter(
+            "currents_repaired_events",
+            "Events read straight from Kafka because Faust skipped them (see stream/progress.py).",
+            registry=registry,
+        )
         self.items = Gauge("currents_items", "Items in this worker's matrix.", registry=registry)
         self.items_encoded = Counter(
             "currents_items_encoded", "Catalog upserts BERT-encoded by this worker.",

@@ -1,13 +1,17 @@
 """Helpers for integration tests: sample behaviour, Kafka I/O, worker processes."""
 
 import random
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from kafka import KafkaConsumer, KafkaProducer
+from rocksdict import AccessType, Options, Rdict
 
 from schemas import BehaviorEvent, EventType
 from stream.processes import get_json, spawn_worker, terminate, wait_for
+from stream.records import UserRecord
 
 
 def behaviour(catalog, users: int, events: int, seed: int = 5) -> list[BehaviorEvent]:
@@ -72,3 +76,53 @@ class Worker:
 
     def tail(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
+
+
+def rocksdb_records(data_dir) -> dict[bytes, UserRecord]:
+    """The user-state table as the RocksDB partition stores hold it (read-only)."""
+    records = {}
+    databases = sorted(data_dir.glob("**/tables/user-states-*.db"))
+    assert databases, f"no RocksDB partition stores under {data_dir}"
+    for path in databases:
+        db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
+        try:
+            for key, value in db.items():
+                if not key.startswith(b"__faust"):
+                    records[key] = UserRecord.from_bytes(value)
+        finally:
+            db.close()
+    return records
+
+
+def served(worker, users) -> dict[str, dict]:
+    return {user: get_json(worker.url(f"/users/{user}/interests"))[1] for user in users}
+
+
+def assert_same_views(got: dict[str, dict], expected: dict[str, dict]) -> None:
+    """Equal up to float rounding: a restarted worker may order its item matrix differently."""
+    assert got.keys() == expected.keys()
+    for user, view in expected.items():
+        assert got[user]["events_applied"] == view["events_applied"]
+        assert [r["item_id"] for r in got[user]["recommendations"]] == [
+            r["item_id"] for r in view["recommendations"]
+        ]
+        for field in ("interests", "interest_shift"):
+            assert got[user][field] == pytest.approx(view[field], abs=1e-6)
+
+
+def metric(worker, name: str) -> float:
+    """One unlabelled sample of the worker's Prometheus metrics (0 when it does not answer)."""
+    try:
+        with urllib.request.urlopen(worker.url("/metrics"), timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return 0.0
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def events_applied(worker, users) -> dict[str, int]:
+    views = served(worker, users)
+    return {user: (view or {}).get("events_applied", 0) for user, view in views.items()}

@@ -2,46 +2,10 @@
 
 import json
 
-import pytest
-from rocksdict import AccessType, Options, Rdict
-from support import behaviour, consume, produce
+from support import assert_same_views, behaviour, consume, produce, rocksdb_records, served
 
 from model.checkpoint import load_checkpoint
-from stream.processes import get_json
-from stream.records import UserRecord
 from stream.topics import ensure_topics
-
-
-def rocksdb_records(data_dir) -> dict[bytes, UserRecord]:
-    """The user-state table as the RocksDB partition stores hold it (read-only)."""
-    records = {}
-    databases = sorted(data_dir.glob("**/tables/user-states-*.db"))
-    assert databases, f"no RocksDB partition stores under {data_dir}"
-    for path in databases:
-        db = Rdict(str(path), options=Options(raw_mode=True), access_type=AccessType.read_only())
-        try:
-            for key, value in db.items():
-                if not key.startswith(b"__faust"):
-                    records[key] = UserRecord.from_bytes(value)
-        finally:
-            db.close()
-    return records
-
-
-def served(worker, users) -> dict[str, dict]:
-    return {user: get_json(worker.url(f"/users/{user}/interests"))[1] for user in users}
-
-
-def assert_same_views(got: dict[str, dict], expected: dict[str, dict]) -> None:
-    """Equal up to float rounding: a restarted worker may order its item matrix differently."""
-    assert got.keys() == expected.keys()
-    for user, view in expected.items():
-        assert got[user]["events_applied"] == view["events_applied"]
-        assert [r["item_id"] for r in got[user]["recommendations"]] == [
-            r["item_id"] for r in view["recommendations"]
-        ]
-        for field in ("interests", "interest_shift"):
-            assert got[user][field] == pytest.approx(view[field], abs=1e-6)
 
 
 def test_user_states_live_in_rocksdb_and_are_restored_from_the_changelog(

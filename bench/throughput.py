@@ -1,0 +1,256 @@
+"""Throughput and latency of the engine against a bare Faust pass-through, on one broker.
+
+    python bench/throughput.py [--events 20000] [--checkpoint PATH] [--profile]
+
+(a) the sustained rate of a pass-through Faust agent (consume -> produce the same records);
+(b) the sustained rate of the engine (CPU, micro-batched model step, RocksDB states), both
+    measured on a backlog of the same ml-100k events, from the Kafka timestamps of the outputs;
+(c) produce -> interest-update latency (p50/p99 per event) at half of the engine's max rate.
+Without --checkpoint the model is untrained but of the default size: same cost per event.
+"""
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from kafka import KafkaConsumer, KafkaProducer
+
+from model.checkpoint import save_checkpoint
+from model.config import ModelConfig
+from model.data import load_movielens
+from model.encoder import default_encoder
+from model.interest import InterestModel
+from stream.local_kafka import LocalKafka, free_port
+from stream.processes import get_json, spawn_worker, terminate, wait_for
+from stream.produce import paced, to_behavior_event, to_item_upsert
+from stream.settings import Settings
+from stream.topics import ensure_topics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=str(ROOT.parent / "shared/data/ml-100k"))
+    parser.add_argument("--events", type=int, default=20_000, help="backlog size (20000)")
+    parser.add_argument("--checkpoint", type=Path, help="default: untrained, default size")
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--profile", action="store_true", help="py-spy the engine during (b)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="currents-bench-"))
+    events, items = load_movielens(args.data)
+    events = [to_behavior_event(e) for e in events]
+    catalog = [to_item_upsert(i) for i in items.values()]
+    backlog, live = events[: args.events], events[args.events :]
+    checkpoint = args.checkpoint or untrained_checkpoint(work / "model.pt", catalog)
+
+    kafka = None
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
+    if not bootstrap:
+        kafka = LocalKafka(work / "kafka", partitions=args.partitions, heap="1g")
+        kafka.start()
+        bootstrap = kafka.bootstrap
+    try:
+        results = {
+            "machine": machine(),
+            "events": len(backlog),
+            "partitions": args.partitions,
+            "checkpoint": str(args.checkpoint or "untrained, default ModelConfig"),
+            "git": git_sha(),
+        }
+        results["passthrough_events_per_s"] = passthrough_rate(bootstrap, work, backlog, args)
+        print(f"(a) pass-through: {results['passthrough_events_per_s']:.0f} events/s", flush=True)
+        settings = Settings(
+            app_id="bench-engine", bootstrap=bootstrap, partitions=args.partitions,
+            events_topic="bench.events", catalog_topic="bench.catalog",
+            item_vectors_topic="bench.item-vectors", updates_topic="bench.updates",
+            dead_letter_topic="bench.dead-letters", data_dir=work / "engine",
+            web_port=free_port(), checkpoint=checkpoint,
+        )  # fmt: skip
+        rate, profile = engine_rate(settings, work, catalog, backlog, args.profile)
+        results["engine_events_per_s"] = rate
+        results["ratio"] = rate / results["passthrough_events_per_s"]
+        print(f"(b) engine: {rate:.0f} events/s ({results['ratio']:.0%} of pass-through)")
+        if profile:
+            results["profile"] = profile
+            print("    where the engine's time goes (py-spy, % of samples):")
+            for name, share in profile:
+                print(f"      {share:5.1f}%  {name}")
+        target = rate / 2
+        p50, p99, count = latency(settings, work, live, target, args.latency_seconds)
+        results["latency"] = {"rate": target, "events": count, "p50_ms": p50, "p99_ms": p99}
+        print(f"(c) latency at {target:.0f} events/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+    finally:
+        if kafka is not None:
+            kafka.stop()
+
+
+def untrained_checkpoint(path: Path, catalog) -> Path:
+    torch.manual_seed(0)
+    warm = {item.item_id: n + 1 for n, item in enumerate(catalog)}
+    model = InterestModel(ModelConfig(n_items=len(warm) + 1)).eval()
+    save_checkpoint(path, model, warm, [], default_encoder())
+    return path
+
+
+def produce(bootstrap: str, topic: str, messages, key_of) -> None:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    for message in messages:
+        value = message.model_dump_json().encode()
+        producer.send(topic, key=key_of(message).encode(), value=value)
+    producer.flush()
+    producer.close()
+
+
+def output_rate(bootstrap: str, topic: str, weight, total: int, timeout: float = 600) -> float:
+    """Events/s from the Kafka timestamps of the first and last output records."""
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+        enable_auto_commit=False, consumer_timeout_ms=1000,
+    )  # fmt: skip
+    first = last = None
+    done = 0
+    deadline = time.monotonic() + timeout
+    while done < total and time.monotonic() < deadline:
+        for record in consumer:
+            first = record.timestamp if first is None else min(first, record.timestamp)
+            last = record.timestamp if last is None else max(last, record.timestamp)
+            done += weight(record)
+    consumer.close()
+    if done < total:
+        raise TimeoutError(f"{topic}: {done} of {total} events after {timeout:.0f}s")
+    return done / max((last - first) / 1000, 1e-3)
+
+
+def passthrough_rate(bootstrap: str, work: Path, backlog, args) -> float:
+    produce(bootstrap, "bench.passthrough.in", backlog, lambda e: e.user_id)
+    env = {
+        **os.environ, "BENCH_BOOTSTRAP": bootstrap, "BENCH_APP_ID": "bench-passthrough",
+        "BENCH_SOURCE": "bench.passthrough.in", "BENCH_SINK": "bench.passthrough.out",
+        "BENCH_PARTITIONS": str(args.partitions), "BENCH_DATA_DIR": str(work / "passthrough"),
+    }  # fmt: skip
+    with open(work / "passthrough.log", "wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench/passthrough.py"), "worker", "-l", "warning"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        return output_rate(bootstrap, "bench.passthrough.out", lambda r: 1, len(backlog))
+    finally:
+        terminate(worker)
+
+
+def engine_rate(settings: Settings, work: Path, catalog, backlog, profile: bool):
+    ensure_topics(settings)
+    produce(settings.bootstrap, settings.catalog_topic, catalog, lambda i: i.item_id)
+    worker = spawn_worker(settings, work / "engine-encode.log", loglevel="warning")
+    ready(settings, worker)  # encodes the catalog once, then stops: the backlog comes next
+    terminate(worker)
+    produce(settings.bootstrap, settings.events_topic, backlog, lambda e: e.user_id)
+    worker = spawn_worker(settings, work / "engine.log", loglevel="warning")
+    spy = None
+    if profile:
+        spy = subprocess.Popen(
+            ["py-spy", "record", "--pid", str(worker.pid), "--format", "raw", "--rate", "50",
+             "--duration", "30", "--output", str(work / "engine.pyspy")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+    try:
+        ready(settings, worker)
+        rate = output_rate(
+            settings.bootstrap, settings.updates_topic,
+            lambda r: len(json.loads(r.value)["events"]), len(backlog),
+        )  # fmt: skip
+    finally:
+        if spy is not None:
+            spy.wait()
+        terminate(worker)
+    return rate, (summarise_profile(work / "engine.pyspy") if profile else None)
+
+
+def latency(settings: Settings, work: Path, live, rate: float, seconds: float):
+    """Per-event produce -> update latency, from Kafka timestamps on both sides."""
+    worker = spawn_worker(settings, work / "engine-latency.log", loglevel="warning")
+    ready(settings, worker)
+    stream = live[: int(rate * seconds)]
+    producer = KafkaProducer(bootstrap_servers=settings.bootstrap, acks=1, linger_ms=0)
+    sent = {}
+    consumer = KafkaConsumer(
+        settings.updates_topic, bootstrap_servers=settings.bootstrap,
+        auto_offset_reset="latest", enable_auto_commit=False, consumer_timeout_ms=200,
+    )  # fmt: skip
+    consumer.poll(timeout_ms=1000)  # join: from here on, the updates of this phase
+    try:
+        for event in paced(stream, rate):
+            future = producer.send(
+                settings.events_topic,
+                key=event.user_id.encode(),
+                value=event.model_dump_json().encode(),
+            )
+            future.add_callback(lambda m: sent.__setitem__((m.partition, m.offset), m.timestamp))
+        producer.flush()
+        latencies = []
+        deadline = time.monotonic() + 60
+        while len(latencies) < len(stream) and time.monotonic() < deadline:
+            for record in consumer:
+                for ref in json.loads(record.value)["events"]:
+                    produced = sent.get((ref["partition"], ref["offset"]))
+                    if produced is not None:
+                        latencies.append(record.timestamp - produced)
+    finally:
+        consumer.close()
+        producer.close()
+        terminate(worker)
+    latencies.sort()
+    pick = lambda q: float(latencies[min(len(latencies) - 1, int(q * len(latencies)))])  # noqa: E731
+    return pick(0.50), pick(0.99), len(latencies)
+
+
+def ready(settings: Settings, worker) -> None:
+    health = f"http://127.0.0.1:{settings.web_port}/health"
+    wait_for(lambda: (get_json(health)[1] or {}).get("ready"), 600, what="ready", process=worker)
+
+
+def summarise_profile(path: Path, top: int = 12) -> list[tuple[str, float]]:
+    """Leaf frames of py-spy's collapsed stacks: where the samples were taken."""
+    if not path.exists():
+        return [("py-spy not available", 0.0)]
+    counts: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, samples = line.rpartition(" ")
+        leaf = stack.split(";")[-1]
+        counts[leaf] = counts.get(leaf, 0) + int(samples)
+        total += int(samples)
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+    return [(name, 100 * n / total) for name, n in ranked]
+
+
+def machine() -> str:
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+         if line.startswith("model name")),
+        platform.processor(),
+    )  # fmt: skip
+    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+
+
+def git_sha() -> str:
+    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return result.stdout.strip()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,82 @@
+"""SIGKILL a worker mid-stream: after a restart its states equal those of an uninterrupted run."""
+
+import threading
+
+import torch
+from support import behaviour, events_applied, metric, produce, rocksdb_records
+
+from model.checkpoint import load_checkpoint
+from stream.processes import wait_for
+from stream.produce import paced
+from stream.topics import ensure_topics
+
+
+def test_sigkill_mid_stream_then_restart_equals_an_uninterrupted_run(
+    settings_factory, start_worker, catalog, checkpoint_path, tmp_path
+):
+    base = settings_factory(
+        checkpoint=checkpoint_path, encoder_cache=tmp_path / "vectors", batch_size=32
+    )
+    ensure_topics(base)
+    produce(
+        base.bootstrap,
+        base.catalog_topic,
+        [(item.item_id.encode(), item.model_dump_json().encode()) for item in catalog],
+    )
+    events = behaviour(catalog, users=40, events=3000)
+    records = [(e.user_id.encode(), e.model_dump_json().encode()) for e in events]
+    users = sorted({e.user_id for e in events})
+    counts = {user: sum(e.user_id == user for e in events) for user in users}
+    produce(base.bootstrap, base.events_topic, records[:1500])
+
+    crashing = base.model_copy(
+        update={"app_id": f"{base.app_id}-crash", "data_dir": tmp_path / "a"}
+    )
+    worker = start_worker(crashing)
+    worker.wait_ready()
+    wait_for(lambda: metric(worker, "currents_events_total") >= 1500, 120, what="first half")
+    second_half = threading.Thread(
+        target=produce, args=(base.bootstrap, base.events_topic, paced(records[1500:], 400))
+    )
+    second_half.start()
+    wait_for(lambda: metric(worker, "currents_events_total") >= 1800, 60, 0.05, "mid-stream")
+    worker.kill()  # SIGKILL: no commit, no flush, no goodbye
+    second_half.join()
+    killed_at = rocksdb_records(crashing.data_dir)
+    assert sum(len(r.recent_events) > 0 for r in killed_at.values()) > 0
+    applied_at_kill = sum(
+        int(load_checkpoint(checkpoint_path).decode_states([r.state]).count[0])
+        for r in killed_at.values()
+    )
+    assert 1500 <= applied_at_kill < 3000, "the kill must land in the middle of the stream"
+
+    worker = start_worker(crashing)
+    worker.wait_ready()
+    seen = {}
+    try:
+        wait_for(
+            lambda: seen.update(events_applied(worker, users)) or seen == counts,
+            120,
+            what="crashed run caught up",
+        )
+    except TimeoutError:
+        raise AssertionError({u: (seen[u], counts[u]) for u in users if seen[u] != counts[u]})
+    assert worker.stop() == 0, worker.tail()
+
+    reference = base.model_copy(update={"app_id": f"{base.app_id}-ref", "data_dir": tmp_path / "b"})
+    worker = start_worker(reference)
+    worker.wait_ready()
+    wait_for(lambda: events_applied(worker, users) == counts, 120, what="reference run")
+    assert worker.stop() == 0, worker.tail()
+
+    crashed, uninterrupted = rocksdb_records(crashing.data_dir), rocksdb_records(reference.data_dir)
+    assert crashed.keys() == uninterrupted.keys() == {user.encode() for user in users}
+    checkpoint = load_checkpoint(checkpoint_path)
+    for user, expected in uninterrupted.items():
+        got = crashed[user]
+        assert (got.partition, got.offset) == (expected.partition, expected.offset)
+        assert got.recent_events == expected.recent_events
+        a, b = checkpoint.decode_states([got.state]), checkpoint.decode_states([expected.state])
+        assert int(a.count[0]) == int(b.count[0]) == counts[user.decode()]
+        for field in ("h", "c", "ring", "interest"):
+            assert torch.allclose(getattr(a, field), getattr(b, field), atol=1e-5), field
