@@ -39,9 +39,9 @@ def build(name: str, cat: Catalog, split: Split, args) -> torch.nn.Module:
     if name == "pop":
         return Popularity(len(cat), split.train)
     if name == "gru4rec":
-        return GRU4Rec(n_warm, args.d_model, dropout=args.base_dropout)
+        return GRU4Rec(n_warm, args.d_model)
     if name == "sasrec":
-        return SASRec(n_warm, args.d_model, dropout=args.base_dropout, max_len=200)
+        return SASRec(n_warm, args.d_model, max_len=200)
     cfg = ModelConfig(
         n_items=n_warm + 1,
         text_dim=cat.text.shape[1],
@@ -129,12 +129,11 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--epochs", type=int, default=200, help="max epochs (early stopping decides)")
     p.add_argument("--patience", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--negatives", type=int, default=0, help="sampled softmax (0 = full)")
     p.add_argument("--d-model", type=int, default=64, help="width of every model (64)")
-    p.add_argument("--lr", type=float, default=2e-3, help="learning rate of the interest model")
-    p.add_argument("--base-lr", type=float, default=1e-3, help="learning rate of GRU4Rec/SASRec")
-    p.add_argument("--base-dropout", type=float, default=0.2, help="dropout of GRU4Rec/SASRec")
+    p.add_argument("--lr", type=float, default=5e-3, help="learning rate of the interest model")
+    p.add_argument("--base-lr", type=float, default=5e-3, help="learning rate of GRU4Rec/SASRec")
     p.add_argument("--window", type=int, default=ModelConfig().window)
     p.add_argument("--dropout", type=float, default=ModelConfig().dropout)
     p.add_argument("--id-dropout", type=float, default=ModelConfig().id_dropout)

@@ -1,5 +1,7 @@
 """Id-only baselines trained and evaluated in the same harness as the interest model.
 
+Default dropouts are the best of 0.2-0.5 on ml-100k validation NDCG@10 (lr 5e-3, batch 32).
+
 Each model follows the harness protocol (see model.train): `item_matrix(catalog) -> (N+1, d)`,
 `encode(batch, mat) -> (B, T, d)`, scores = encode(...) @ item_matrix(...).T, plus `id_only`
 (cold items cannot be scored) and `max_len` (history the model reads). Not used when serving.
@@ -45,7 +47,7 @@ class GRU4Rec(nn.Module):
     id_only = True
     max_len = None
 
-    def __init__(self, n_warm: int, d: int = 64, dropout: float = 0.2):
+    def __init__(self, n_warm: int, d: int = 64, dropout: float = 0.4):
         super().__init__()
         self.emb = nn.Embedding(n_warm + 1, d, padding_idx=0)
         nn.init.normal_(self.emb.weight, std=0.02)
@@ -104,7 +106,7 @@ class SASRec(nn.Module):
         d: int = 64,
         n_blocks: int = 2,
         n_head: int = 1,
-        dropout: float = 0.2,
+        dropout: float = 0.3,
         max_len: int = 200,
     ):
         super().__init__()

@@ -30,7 +30,7 @@ class ModelConfig:
     d_model: int = 64  # width of item representations, LSTM state and interest vector
     window: int = 16  # K: attention looks at the user's last K hidden states
     type_dim: int = 8  # width of the event-type embedding
-    dropout: float = 0.2
+    dropout: float = 0.4  # tuned on ml-100k validation NDCG@10 (0.2-0.5 tried)
     id_dropout: float = 0.25  # chance an item's id embedding is dropped per training batch
 
     @property

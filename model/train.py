@@ -50,11 +50,11 @@ class Ours(nn.Module):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 40
-    batch_size: int = 64
-    lr: float = 2e-3
+    epochs: int = 100
+    batch_size: int = 32
+    lr: float = 5e-3
     weight_decay: float = 0.0
-    patience: int = 5  # epochs without a better validation NDCG@10 before stopping
+    patience: int = 10  # epochs without a better validation NDCG@10 before stopping
     negatives: int = 0  # 0 = softmax over all training items; >0 = sampled softmax
     max_len: int | None = None  # truncate training sequences (None = the model's own max_len)
     seed: int = 0

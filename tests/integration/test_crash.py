@@ -60,7 +60,8 @@ def test_sigkill_mid_stream_then_restart_equals_an_uninterrupted_run(
             what="crashed run caught up",
         )
     except TimeoutError:
-        raise AssertionError({u: (seen[u], counts[u]) for u in users if seen[u] != counts[u]})
+        missing = {u: (seen[u], counts[u]) for u in users if seen[u] != counts[u]}
+        raise AssertionError(missing) from None
     assert worker.stop() == 0, worker.tail()
 
     reference = base.model_copy(update={"app_id": f"{base.app_id}-ref", "data_dir": tmp_path / "b"})

@@ -9,7 +9,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from schemas import EventRef, InterestUpdate, ItemUpsert, Recommendation, decode_catalog
+from schemas import (
+    EventRef,
+    EventType,
+    InterestUpdate,
+    ItemUpsert,
+    Recommendation,
+    decode_catalog,
+)
 from stream import produce, tail
 from stream.demo_data import demo_catalog, demo_events
 from stream.topics import ensure_topics
@@ -93,7 +100,9 @@ def test_produce_paces_the_demo_world_after_its_catalog(settings, capsys):
 
 
 def interest_update(user: str, interests: dict[str, float], items: list[str]) -> InterestUpdate:
-    ref = EventRef(event_id=f"{user}:0001", event_type="click", timestamp=T0, partition=0, offset=1)
+    ref = EventRef(
+        event_id=f"{user}:0001", event_type=EventType.CLICK, timestamp=T0, partition=0, offset=1
+    )
     return InterestUpdate(
         update_id=f"{user}:1",
         user_id=user,
@@ -174,7 +183,7 @@ def test_update_shows_bars_shift_and_titles_best_first():
     update = update.model_copy(update={"interest_shift": {"Jazz": -0.2}})
     lines = tail.format_update(update, {"space-01": "Deep Nebula"}).splitlines()
     assert lines[0] == (
-        "user-7  2024-05-06 09:00:00Z  model test-1  1 event, last user-7:0001  latency 12 ms"
+        "user-7  2024-05-06 09:00:00Z  model test-1  1 event (1 click), last user-7:0001  latency 12 ms"
     )
     assert lines[1:] == [
         "  Space  ██████░░░░ 0.58 (+0.00)",
@@ -189,7 +198,7 @@ def test_update_keeps_only_the_top_entries_and_clamps_bars():
     events = [
         EventRef(
             event_id=f"e{n}",
-            event_type=("click", "view")[n % 2],
+            event_type=list(EventType)[n % 2],
             timestamp=T0 + timedelta(minutes=n),
             partition=0,
             offset=n,
@@ -198,7 +207,7 @@ def test_update_keeps_only_the_top_entries_and_clamps_bars():
     ]
     update = update.model_copy(update={"events": events})
     lines = tail.format_update(update, top=2).splitlines()
-    assert "3 events, last e2" in lines[0] and "2024-05-06 09:02:00Z" in lines[0]
+    assert "3 events (2 click, 1 view), last e2" in lines[0] and "2024-05-06 09:02:00Z" in lines[0]
     assert lines[1:] == [
         "  c11  ██████████ 1.10 (+0.10)",
         "  c10  ██████████ 1.00 (+0.10)",
