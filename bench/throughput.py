@@ -114,7 +114,7 @@ def produce(bootstrap: str, topic: str, messages, key_of) -> None:
     producer.close()
 
 
-def output_rate(bootstrap: str, topic: str, weight, total: int, timeout: float = 600) -> float:
+def output_rate(bootstrap: str, topic: str, weight, total: int, worker, timeout=600.0) -> float:
     """Events/s from the Kafka timestamps of the first and last output records."""
     consumer = KafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
@@ -123,7 +123,7 @@ def output_rate(bootstrap: str, topic: str, weight, total: int, timeout: float =
     first = last = None
     done = 0
     deadline = time.monotonic() + timeout
-    while done < total and time.monotonic() < deadline:
+    while done < total and time.monotonic() < deadline and worker.poll() is None:
         for record in consumer:
             first = record.timestamp if first is None else min(first, record.timestamp)
             last = record.timestamp if last is None else max(last, record.timestamp)
@@ -143,11 +143,11 @@ def passthrough_rate(bootstrap: str, work: Path, backlog, args) -> float:
     }  # fmt: skip
     with open(work / "passthrough.log", "wb") as log:
         worker = subprocess.Popen(
-            [sys.executable, str(ROOT / "bench/passthrough.py"), "worker", "-l", "warning"],
+            [sys.executable, str(ROOT / "bench/passthrough.py"), "worker", "-l", "warn"],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     try:
-        return output_rate(bootstrap, "bench.passthrough.out", lambda r: 1, len(backlog))
+        return output_rate(bootstrap, "bench.passthrough.out", lambda r: 1, len(backlog), worker)
     finally:
         terminate(worker)
 
@@ -171,7 +171,7 @@ def engine_rate(settings: Settings, work: Path, catalog, backlog, profile: bool)
         ready(settings, worker)
         rate = output_rate(
             settings.bootstrap, settings.updates_topic,
-            lambda r: len(json.loads(r.value)["events"]), len(backlog),
+            lambda r: len(json.loads(r.value)["events"]), len(backlog), worker,
         )  # fmt: skip
     finally:
         if spy is not None:

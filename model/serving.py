@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from model.interest import InterestModel, StepOutput
 from model.state import UserState
@@ -22,21 +24,62 @@ def step_events(
     """Apply E events, in order, to U users' states; a user may have several events.
 
     states: U rows; user_row (E,) long row of each event's user; item_vecs (E, d);
-    event_type (E,) long; timestamp (E,) float64. Events run in rounds (the r-th event of every
-    user in round r), so the Python loop is over the largest per-user count, not over events.
-    Returns the updated states (U rows; input rows are not modified) and one output per event.
+    event_type (E,) long; timestamp (E,) float64. Each user's events run as one sequence
+    through the LSTM from that user's state (one call for the whole batch, however many events
+    a user has: streams are bursty), then the attention of every position over its window of
+    the last K hidden states, old ring included. The math is `step`'s, event after event;
+    tests/model checks they agree. Returns the updated states (U rows; the input is not
+    modified) and one output per event.
     """
-    states = states.select(torch.arange(len(states)))  # copy: callers keep the old states
-    E = user_row.shape[0]
-    # occurrence number of each event within its user: 0 for the first, 1 for the second, ...
+    U, E, K = len(states), user_row.shape[0], model.cfg.window
+    d, device = model.cfg.d_model, item_vecs.device
+    if E == 0:
+        empty = item_vecs.new_zeros(0, d)
+        return states.select(torch.arange(U, device=device)), StepOutput(empty, empty)
+    # position of each event within its user's sequence: 0 for the first, 1 for the second, ...
     same = user_row.unsqueeze(0) == user_row.unsqueeze(1)  # (E, E)
-    occurrence = torch.tril(same, diagonal=-1).sum(1)  # (E,)
-    interest = item_vecs.new_empty(E, model.cfg.d_model)
-    prev = item_vecs.new_empty(E, model.cfg.d_model)
-    for r in range(int(occurrence.max()) + 1 if E else 0):
-        ev = torch.nonzero(occurrence == r).squeeze(1)  # events of round r, one per user
-        rows = user_row[ev]
-        new, out = model.step(states.select(rows), item_vecs[ev], event_type[ev], timestamp[ev])
-        states.assign(rows, new)
-        interest[ev], prev[ev] = out.interest, out.prev_interest
-    return states, StepOutput(interest=interest, prev_interest=prev)
+    pos = torch.tril(same, diagonal=-1).sum(1)  # (E,)
+    lengths = torch.bincount(user_row, minlength=U)  # (U,)
+    rows = torch.nonzero(lengths).squeeze(1)  # (A,) users with events
+    T = int(lengths.max())
+
+    # right-padded per-user sequences (A, T, ...); padded positions are never read
+    slot = torch.full((U,), -1, dtype=torch.long, device=device)
+    slot[rows] = torch.arange(len(rows), device=device)
+    a = slot[user_row]  # (E,) row of each event among the active users
+    vecs = item_vecs.new_zeros(len(rows), T, item_vecs.shape[1])
+    vecs[a, pos] = item_vecs
+    types = torch.ones(len(rows), T, dtype=torch.long, device=device)
+    types[a, pos] = event_type
+    ts = torch.zeros(len(rows), T, dtype=torch.float64, device=device)
+    ts[a, pos] = timestamp
+
+    old = states.select(rows)
+    first = torch.zeros(len(rows), T, dtype=torch.bool, device=device)
+    first[:, 0] = old.count == 0
+    gap = ts - torch.cat([old.last_ts.unsqueeze(1), ts[:, :-1]], dim=1)  # (A, T) float64
+    gap = torch.where(first, 0.0, gap)
+    x = model._inputs(vecs, types, gap, first)  # (A, T, in)
+    n = lengths[rows]
+    packed = pack_padded_sequence(x, n.cpu(), batch_first=True, enforce_sorted=False)
+    out, (h, c) = model.lstm(packed, (old.h.unsqueeze(0), old.c.unsqueeze(0)))
+    hs, _ = pad_packed_sequence(out, batch_first=True, total_length=T)  # (A, T, d)
+
+    # window of event t = the K hidden states ending at it: old ring, then this batch's
+    seq = torch.cat([old.ring, hs], dim=1)  # (A, K+T, d)
+    kv = model.attn.kv(seq).unfold(1, K, 1).transpose(-1, -2)[:, 1:]  # (A, T, K, 2d)
+    seen = (old.count.unsqueeze(1) + torch.arange(1, T + 1, device=device)).clamp(max=K)
+    valid = torch.arange(K, device=device) >= K - seen.unsqueeze(-1)  # (A, T, K)
+    interest = model._interest(hs, model.attn(hs, kv, valid))  # (A, T, d)
+
+    last = n - 1  # (A,)
+    at = torch.arange(len(rows), device=device)
+    new = states.select(torch.arange(U, device=device))  # copy: callers keep the old states
+    ring = seq[at.unsqueeze(1), n.unsqueeze(1) + torch.arange(K, device=device)]  # (A, K, d)
+    new.assign(
+        rows,
+        UserState(h[0], c[0], ring, ts[at, last], old.count + n, interest[at, last]),
+    )
+    before = F.pad(interest, (0, 0, 1, 0))[:, :-1]  # (A, T, d): interest before each event
+    before[:, 0] = old.interest
+    return new, StepOutput(interest=interest[a, pos], prev_interest=before[a, pos])

@@ -63,15 +63,15 @@ class TrainConfig:
     @classmethod
     def from_args(cls, a: argparse.Namespace) -> TrainConfig:
         return cls(
-            a.epochs,
-            a.batch_size,
-            a.lr,
-            a.weight_decay,
-            a.patience,
-            a.negatives,
-            a.max_len,
-            a.seed,
-            not a.quiet,
+            epochs=a.epochs,
+            batch_size=a.batch_size,
+            lr=a.lr,
+            weight_decay=a.weight_decay,
+            patience=a.patience,
+            negatives=a.negatives,
+            max_len=a.max_len,
+            seed=a.seed,
+            progress=not a.quiet,
         )
 
 
@@ -90,6 +90,8 @@ def sequence_loss(
     pos = torch.arange(T - 1) < (batch.lengths - 1).unsqueeze(1)  # (B, T-1) real pairs
     pos &= torch.isin(batch.types[:, 1:], target_idx)
     h, y = out[pos], batch.items[:, 1:][pos]  # (n, d), (n,)
+    if len(y) == 0:  # e.g. only views in this batch when clicks are the targets
+        return out.sum() * 0.0
     warm = cat.warm > 0  # training only ever ranks items seen in training
     if cfg.negatives <= 0:
         logits = (h @ mat.T).masked_fill(~warm, float("-inf"))  # (n, N+1)

@@ -242,7 +242,8 @@ def create_app(settings: Settings) -> faust.App:
             user = outcome.user_id.encode()
             with _in_partition_of(outcome.last.source):
                 user_states[user] = outcome.record
-            await updates.send(key=user, value=outcome.update)
+            # buffered: Faust flushes the producer before it commits the batch's offsets
+            updates.send_soon(key=user, value=outcome.update)
             metrics.update_latency.observe(max(0.0, time.time() - outcome.last.appended_at))
             metrics.events.inc(outcome.applied)
         metrics.updates.inc(len(outcomes))

@@ -50,6 +50,16 @@ def test_workers_reach_the_broker_and_publish_their_web_port():
     assert len(data_volumes) == len(WORKERS)  # RocksDB folders are never shared
 
 
+def test_workers_load_the_mounted_checkpoint_and_the_gpu_worker_runs_on_cuda():
+    for name in WORKERS:
+        service = COMPOSE["services"][name]
+        settings = Settings.from_env({k: str(v) for k, v in service["environment"].items()})
+        mounts = [volume.split(":")[1] for volume in service["volumes"]]
+        assert any(str(settings.checkpoint).startswith(mount + "/") for mount in mounts)
+    cpu, gpu = (COMPOSE["services"][name]["environment"] for name in WORKERS)
+    assert "CURRENTS_DEVICE" not in cpu and gpu["CURRENTS_DEVICE"] == "cuda"
+
+
 def test_gpu_worker_reserves_an_nvidia_device():
     gpu = COMPOSE["services"]["worker-gpu"]
     assert gpu["profiles"] == ["gpu"]
