@@ -4,13 +4,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from support import Worker
+from support import Worker, keyed, produce
 
 from model.checkpoint import save_checkpoint
 from model.config import ModelConfig
 from model.encoder import DEFAULT_ENCODER
 from model.interest import InterestModel
 from schemas import ItemUpsert
+from stream.topics import ensure_topics
 
 TOPICS = {
     "Jazz": ("saxophone quartet", "smoky club session", "bebop trumpet record"),
@@ -62,3 +63,12 @@ def start_worker(tmp_path):
     for worker in workers:
         if worker.alive():
             worker.stop()
+
+
+@pytest.fixture()
+def engine_settings(settings_factory, catalog, checkpoint_path, tmp_path):
+    """Settings of a worker with a model; its topics exist and the catalog is published."""
+    settings = settings_factory(checkpoint=checkpoint_path, encoder_cache=tmp_path / "vectors")
+    ensure_topics(settings)
+    produce(settings.bootstrap, settings.catalog_topic, keyed(catalog, "item_id"))
+    return settings

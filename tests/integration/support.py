@@ -29,6 +29,11 @@ def behaviour(catalog, users: int, events: int, seed: int = 5) -> list[BehaviorE
     ]
 
 
+def keyed(messages, key_field: str) -> list[tuple[bytes, bytes]]:
+    """(key, value) records of pydantic messages, keyed by one of their fields."""
+    return [(getattr(m, key_field).encode(), m.model_dump_json().encode()) for m in messages]
+
+
 def produce(bootstrap: str, topic: str, records) -> None:
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     for key, value in records:

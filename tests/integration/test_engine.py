@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 import torch
-from support import behaviour, consume, produce
+from support import behaviour, consume, keyed, produce
 
 from model.checkpoint import load_checkpoint
 from model.config import event_type_index
@@ -15,7 +15,6 @@ from model.interest import StepOutput, category_shift, top_n
 from schemas import DeadLetter, ErrorKind, InterestUpdate
 from stream.processes import get_json
 from stream.records import RECENT
-from stream.topics import ensure_topics
 
 
 def bad_records(events):
@@ -82,18 +81,12 @@ def offline_updates(checkpoint_path, catalog, cache, events, updates, top_n_item
 
 
 def test_valid_events_are_covered_once_match_the_offline_model_and_bad_ones_dead_letter(
-    settings_factory, start_worker, catalog, checkpoint_path, tmp_path
+    engine_settings, start_worker, catalog, checkpoint_path, tmp_path
 ):
-    settings = settings_factory(checkpoint=checkpoint_path, encoder_cache=tmp_path / "vectors")
-    ensure_topics(settings)
-    produce(
-        settings.bootstrap,
-        settings.catalog_topic,
-        [(item.item_id.encode(), item.model_dump_json().encode()) for item in catalog],
-    )
+    settings = engine_settings
     events = behaviour(catalog, users=100, events=3000)
     bad = bad_records(events)
-    records = [(e.user_id.encode(), e.model_dump_json().encode()) for e in events]
+    records = keyed(events, "user_id")
     for n, payload in enumerate(bad):
         records.insert(300 * (n + 1), (events[0].user_id.encode(), payload))
     records.insert(1000, (b"someone-else", events[5].model_dump_json().encode()))

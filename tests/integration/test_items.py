@@ -4,12 +4,11 @@ encoded once; a deleted one disappears everywhere."""
 import json
 import time
 
-from support import behaviour, consume, metric, produce, served
+from support import behaviour, consume, keyed, metric, produce, served
 
 from schemas import ItemDeletion
 from stream.local_kafka import free_port
 from stream.processes import get_json, wait_for
-from stream.topics import ensure_topics
 
 BOUND_SECONDS = 30  # generous for a loaded CI box; the measured figure is in the closing note
 
@@ -21,16 +20,10 @@ def on_every_worker(workers, item_id: str, present: bool) -> bool:
 
 
 def test_new_item_reaches_every_worker_encoded_once_and_deletion_removes_it(
-    settings_factory, start_worker, catalog, checkpoint_path, tmp_path
+    engine_settings, start_worker, catalog, tmp_path
 ):
-    first = settings_factory(checkpoint=checkpoint_path, encoder_cache=tmp_path / "vectors")
+    first = engine_settings
     second = first.model_copy(update={"web_port": free_port(), "data_dir": tmp_path / "second"})
-    ensure_topics(first)
-    produce(
-        first.bootstrap,
-        first.catalog_topic,
-        [(item.item_id.encode(), item.model_dump_json().encode()) for item in catalog],
-    )
     workers = [start_worker(first), start_worker(second)]
     for worker in workers:
         worker.wait_ready()
@@ -38,7 +31,7 @@ def test_new_item_reaches_every_worker_encoded_once_and_deletion_removes_it(
     produce(
         first.bootstrap,
         first.events_topic,
-        [(e.user_id.encode(), e.model_dump_json().encode()) for e in events],
+        keyed(events, "user_id"),
     )
     consume(
         first.bootstrap,

@@ -183,7 +183,8 @@ def test_update_shows_bars_shift_and_titles_best_first():
     update = update.model_copy(update={"interest_shift": {"Jazz": -0.2}})
     lines = tail.format_update(update, {"space-01": "Deep Nebula"}).splitlines()
     assert lines[0] == (
-        "user-7  2024-05-06 09:00:00Z  model test-1  1 event (1 click), last user-7:0001  latency 12 ms"
+        "user-7  2024-05-06 09:00:00Z  model test-1  "
+        "1 event (1 click), last user-7:0001  latency 12 ms"
     )
     assert lines[1:] == [
         "  Space  ██████░░░░ 0.58 (+0.00)",

@@ -2,27 +2,20 @@
 
 import json
 
-from support import assert_same_views, behaviour, consume, produce, rocksdb_records, served
+from support import assert_same_views, behaviour, consume, keyed, produce, rocksdb_records, served
 
 from model.checkpoint import load_checkpoint
-from stream.topics import ensure_topics
 
 
 def test_user_states_live_in_rocksdb_and_are_restored_from_the_changelog(
-    settings_factory, start_worker, catalog, checkpoint_path, tmp_path
+    engine_settings, start_worker, catalog, checkpoint_path, tmp_path
 ):
-    settings = settings_factory(checkpoint=checkpoint_path, encoder_cache=tmp_path / "vectors")
-    ensure_topics(settings)
-    produce(
-        settings.bootstrap,
-        settings.catalog_topic,
-        [(item.item_id.encode(), item.model_dump_json().encode()) for item in catalog],
-    )
+    settings = engine_settings
     events = behaviour(catalog, users=12, events=240)
     produce(
         settings.bootstrap,
         settings.events_topic,
-        [(e.user_id.encode(), e.model_dump_json().encode()) for e in events],
+        keyed(events, "user_id"),
     )
     users = sorted({e.user_id for e in events})
     counts = {user: sum(e.user_id == user for e in events) for user in users}

@@ -100,3 +100,15 @@ def test_module_entry_points_show_help():
             [sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60
         )
         assert r.returncode == 0 and "--data" in r.stdout, r.stderr
+
+
+def test_a_batch_without_targets_gives_a_zero_loss(jsonl_data):
+    events = load_jsonl_events(jsonl_data[0])
+    cat = Catalog.build(events, {}, None, text_dim=4)
+    split = build_split(events, cat)
+    model = build_baseline("gru4rec", cat, split, d=8)
+    batch = train_batches(split.train, 64, np.random.default_rng(0))[0]
+    no_types = torch.tensor([99])  # no event has this type: nothing to predict
+    loss = sequence_loss(model, batch, cat, TrainConfig(), no_types, torch.Generator())
+    loss.backward()
+    assert loss.item() == 0.0
