@@ -8,7 +8,7 @@ embeddings use warm indices.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -36,7 +36,7 @@ class Catalog:
     has_text: torch.Tensor  # (N+1,) bool
     categories: list[str]  # (C,)
     membership: torch.Tensor  # (N+1, C) float32, 1 where the item belongs to the category
-    warm: torch.Tensor = field(default=None)  # (N+1,) long warm index, 0 = cold; set by a split
+    warm: torch.Tensor | None = None  # (N+1,) long warm index, 0 = cold; set by build_split
 
     def __len__(self) -> int:
         return len(self.item_ids)

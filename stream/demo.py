@@ -52,6 +52,7 @@ def run_demo(args: argparse.Namespace) -> int:
         if kafka is not None:
             print(f"Starting Kafka at {kafka.bootstrap} (data in {args.kafka_dir}) ...", flush=True)
             kafka.start()
+            print(f"Kafka is up (pid {kafka.nodes[0].pid()}).", flush=True)
         ensure_topics(settings)
         catalog = demo_catalog()
         events = demo_events(catalog, args.users, args.events_per_user, STREAM_SEED)
@@ -65,8 +66,8 @@ def run_demo(args: argparse.Namespace) -> int:
         producer.flush()
 
         worker_log = DEMO_DIR / "worker.log"
-        print(f"Starting a worker (log: {worker_log}); it encodes the catalog with BERT ...")
         worker = spawn_worker(settings, worker_log)
+        print(f"Started a worker (pid {worker.pid}, log {worker_log}); it encodes the catalog ...")
         health = f"http://{settings.web_host}:{settings.web_port}/health"
         wait_for(
             lambda: stopping.is_set() or (get_json(health)[1] or {}).get("ready"),

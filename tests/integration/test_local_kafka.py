@@ -1,6 +1,7 @@
 """The local broker and the README's run command, as a user drives them from a terminal."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,20 +15,34 @@ from stream.processes import wait_for
 
 
 def processes_mentioning(text: str) -> list[int]:
-    """Pids whose command line, environment or working directory contains `text`."""
+    """Live pids whose command line, environment or working directory contains `text`.
+
+    Each part is read on its own: some sandboxes refuse a process's environ or cwd but still
+    show its command line, which is where the broker names its data directory.
+    """
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
             continue
-        try:
-            blob = (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
-            blob += os.readlink(proc / "cwd").encode()
-            state = (proc / "stat").read_text().split()[2]
-        except OSError:
-            continue
-        if text.encode() in blob and state != "Z":
+        blob = b"".join(_read_or_empty(proc / part) for part in ("cmdline", "environ", "cwd"))
+        if text.encode() in blob and running(int(proc.name)):
             found.append(int(proc.name))
     return found
+
+
+def _read_or_empty(path: Path) -> bytes:
+    try:
+        return os.readlink(path).encode() if path.name == "cwd" else path.read_bytes()
+    except OSError:
+        return b""
+
+
+def running(pid: int) -> bool:
+    """Exists and is not a zombie (an orphan's zombie lingers where nothing reaps it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
+    except OSError:
+        return False
 
 
 def currents(*args: str, **kwargs) -> subprocess.CompletedProcess:
@@ -43,6 +58,7 @@ def test_kafka_start_status_stop_keeps_data_across_restarts(tmp_path):
     try:
         status = currents("kafka", "status", *where)
         assert status.returncode == 0 and "serving" in status.stdout
+        assert processes_mentioning(str(data))  # the broker names its data dir on its command line
         admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}")
         admin.create_topics([NewTopic("kept", 2, 1)])
         admin.close()
@@ -86,12 +102,14 @@ def test_run_command_streams_the_demo_and_stops_everything_on_ctrl_c(tmp_path):
         output = "".join(lines)
         assert "What you are watching" in output, output
         assert "user-7 moves from" in output, output
-        children = set(processes_mentioning(marker)) - {demo.pid}
-        assert len(children) == 2, children  # the broker and the worker
+        children = [int(pid) for pid in re.findall(r"\(pid (\d+)", output)]
+        assert len(children) == 2 and all(map(running, children)), output  # broker, worker
+        assert processes_mentioning(marker)  # the scan below can see what it looks for
         os.killpg(demo.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         assert demo.wait(90) == 0
     finally:
         if demo.poll() is None:
             demo.kill()
     assert "Stopped." in demo.stdout.read()
-    wait_for(lambda: not processes_mentioning(marker), 10, what="no process left")
+    wait_for(lambda: not any(map(running, children)), 10, what="broker and worker gone")
+    assert processes_mentioning(marker) == []
