@@ -4,7 +4,7 @@ operators."""
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, Field, NonNegativeInt
+from pydantic import BaseModel, Field, NonNegativeInt, PositiveInt
 
 from schemas.common import MESSAGE_CONFIG, Identifier, UtcTimestamp
 from schemas.events import EventType
@@ -26,6 +26,11 @@ class EventRef(BaseModel):
     timestamp: UtcTimestamp = Field(description="The event's timestamp.")
     partition: NonNegativeInt = Field(description="Partition of the events topic it was read from.")
     offset: NonNegativeInt = Field(description="Offset in that partition.")
+    rank: PositiveInt | None = Field(
+        default=None,
+        description="Replays only (prequential check): where this event's item stood in the "
+        "user's ranking just before the event, 1 = top. Absent on a user's first event.",
+    )
 
 
 class Recommendation(BaseModel):

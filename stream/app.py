@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 import faust
 import faust.streams
+from tqdm import tqdm
 
 from model.checkpoint import load_checkpoint
 from model.encoder import ItemEncoder, item_text
@@ -30,6 +31,7 @@ from stream.items import (
 from stream.metrics import Metrics
 from stream.progress import HoleReader, Record, holes
 from stream.records import dead_letter
+from stream.replay import ReplayPlan, stop_when_complete
 from stream.settings import Settings
 
 __all__ = ["create_app"]
@@ -38,7 +40,9 @@ log = logging.getLogger(__name__)
 EXIT_FATAL = 70  # a batch failed for a reason that is not its input: exit before it is acked
 
 
-def create_app(settings: Settings) -> faust.App:
+def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.App:
+    """The live worker's app; with `replay`, the same app bounded to a range of the events
+    topic, publishing one update per event with its prequential rank (stream/replay.py)."""
     if settings.checkpoint is None:
         raise ValueError("no model checkpoint: set CURRENTS_CHECKPOINT (see `currents train`)")
     checkpoint = load_checkpoint(settings.checkpoint, settings.device)
@@ -46,7 +50,10 @@ def create_app(settings: Settings) -> faust.App:
         checkpoint.model.item_representations, checkpoint.item_index,
         checkpoint.encoder_name, settings.device,
     )  # fmt: skip
-    engine = Engine(checkpoint, items, settings.top_n, settings.top_categories)
+    engine = Engine(
+        checkpoint, items, settings.top_n, settings.top_categories,
+        per_event=replay is not None, prequential=replay is not None,
+    )  # fmt: skip
     metrics = Metrics()
     items_loaded = asyncio.Event()  # the item vectors present at start are in the matrix
     items_ready = asyncio.Event()  # ... and so is the catalog backlog present at start
@@ -67,6 +74,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=min(3.0, settings.session_timeout / 10),
         web_host=settings.web_host,
         web_port=settings.web_port,
+        web_enabled=replay is None,  # a replay is driven from its command line
         web_bind=settings.web_bind,
         canonical_url=f"http://{settings.web_host}:{settings.web_port}",
         # Faust's own /table and /router pages expose raw table contents: off.
@@ -125,6 +133,8 @@ def create_app(settings: Settings) -> faust.App:
             )
 
             async def catalog_encoded() -> bool:
+                if replay is not None:
+                    return True  # a replay scores against the catalog as the live workers have it
                 await asyncio.sleep(0.5)  # the catalog agent commits every commit_interval
                 return await loop.run_in_executor(None, encoded)
 
@@ -144,7 +154,6 @@ def create_app(settings: Settings) -> faust.App:
             encoder.append(ItemEncoder(checkpoint.encoder_name, settings.encoder_cache))
         return encode_upserts(encoder[0], upserts)
 
-    @app.agent(catalog)
     async def encode_catalog(stream):
         """Encode new or changed items once and publish their vectors for every worker."""
         async for batch in stream.take_events(64, 1.0):
@@ -178,6 +187,9 @@ def create_app(settings: Settings) -> faust.App:
                     await item_vectors.send(key=message.item_id.encode(), value=None)
                     published.pop(message.item_id, None)
 
+    if replay is None:  # only live workers encode the catalog
+        app.agent(catalog, name="encode_catalog")(encode_catalog)
+
     @app.agent(events)
     async def update_interests(stream):
         """Micro-batches across users: one batched model step, one record and update per user."""
@@ -203,7 +215,14 @@ def create_app(settings: Settings) -> faust.App:
             expected = progress.get(str(partition).encode())
             if expected is None:
                 expected = await loop.run_in_executor(repair_thread, start_offset, partition)
-            missing, after = holes(int(expected), [r.offset for r in records])
+            offsets = [r.offset for r in records]
+            end = replay.until.get(partition) if replay and replay.until else None
+            if end is not None and offsets[-1] >= end:
+                records = [r for r in records if r.offset < end]  # past the end: not replayed
+                offsets = [*(r.offset for r in records), end]  # ... but all before it is
+            missing, after = holes(int(expected), offsets)
+            if end is not None:
+                after = max(int(expected), min(after, end))
             for start, end in missing:
                 log.warning(
                     "events partition %d: reading skipped offsets %d-%d", partition, start, end - 1
@@ -230,6 +249,8 @@ def create_app(settings: Settings) -> faust.App:
         for partition, (context, _) in partitions.items():
             with _in_partition_of(context):
                 progress[str(partition).encode()] = str(next_progress[partition]).encode()
+        if replay is not None:
+            replay.processed.update(next_progress)
 
     async def apply(admitted) -> None:
         async with items.lock:
@@ -242,8 +263,9 @@ def create_app(settings: Settings) -> faust.App:
             user = outcome.user_id.encode()
             with _in_partition_of(outcome.last.source):
                 user_states[user] = outcome.record
-            # buffered: Faust flushes the producer before it commits the batch's offsets
-            updates.send_soon(key=user, value=outcome.update)
+            for update in outcome.updates:
+                # buffered: Faust flushes the producer before it commits the batch's offsets
+                updates.send_soon(key=user, value=update)
             metrics.update_latency.observe(max(0.0, time.time() - outcome.last.appended_at))
             metrics.events.inc(outcome.applied)
         metrics.updates.inc(len(outcomes))
@@ -259,6 +281,13 @@ def create_app(settings: Settings) -> faust.App:
         if not reader:
             reader.append(HoleReader(settings.bootstrap, settings.events_topic, settings.app_id))
         return reader[0]
+
+    if replay is not None:
+        bar = tqdm(total=replay.total, unit="ev", desc="replay", smoothing=0.1, dynamic_ncols=True)
+
+        @app.timer(0.5)
+        async def replay_progress():
+            stop_when_complete(replay, bar)
 
     @app.table_route(table=user_states, match_info="user_id")
     async def routed_interests(web, request, user_id: str):

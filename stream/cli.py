@@ -4,6 +4,7 @@ currents demo                  local broker + worker + sample stream; Ctrl-C sto
 currents kafka start|stop|status|fetch
 currents worker                a Faust worker (settings from CURRENTS_* variables)
 currents topics                create the Currents topics on the cluster
+currents replay --checkpoint P re-score history in a namespace of its own; currents report
 currents schemas export DIR    JSON Schema of every message, for other languages
 """
 
@@ -106,6 +107,8 @@ def add_kafka_arguments(parser: argparse.ArgumentParser, data_dir: Path) -> None
 PLUGGED_COMMANDS = {
     "produce": ("stream.produce", "stream events (and the catalog) into Kafka at a chosen rate"),
     "tail": ("stream.tail", "pretty-print the interest updates workers publish"),
+    "replay": ("stream.replay", "re-score history with a model version, beside the live workers"),
+    "report": ("stream.report", "prequential quality of a replay over time; compare two"),
     "train": ("model.train", "train the interest model on an event log; write a checkpoint"),
     "evaluate": ("model.evaluate", "full-ranking HR/NDCG of a checkpoint and the baselines"),
 }

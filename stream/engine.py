@@ -43,21 +43,32 @@ class Incoming:
 class UserOutcome:
     user_id: str
     record: bytes  # the new state-table value
-    update: bytes  # InterestUpdate JSON
+    updates: list[bytes]  # InterestUpdate JSON: one, or one per event with per_event
     last: Incoming  # the user's last event in the batch
     applied: int  # events newly applied; 0 when re-publishing after a redelivery
 
 
 class Engine:
     def __init__(
-        self, checkpoint: Checkpoint, items: ItemMatrix, top_n: int = 10, top_categories: int = 5
+        self,
+        checkpoint: Checkpoint,
+        items: ItemMatrix,
+        top_n: int = 10,
+        top_categories: int = 5,
+        per_event: bool = False,
+        prequential: bool = False,
     ):
+        """per_event: one update per event instead of one per user and batch, so a replay's
+        outputs do not depend on how its batches happened to form. prequential: each event
+        also gets the rank its item had in the user's recommendations just before it."""
         self.checkpoint = checkpoint
         self.model = checkpoint.model
         self.items = items
         self.top_n = top_n
         self.top_categories = top_categories
         self.device = items.device
+        self.per_event = per_event
+        self.prequential = prequential
         self.duplicates = 0  # events dropped because their event_id was already applied
         self.state_resets = 0  # unreadable stored states replaced by a fresh one
 
@@ -113,11 +124,12 @@ class Engine:
 
         stepped = list(fresh)
         states = self._states([records[user].state for user in stepped])
+        first_seen = (states.count == 0).tolist()  # users whose first event is in this batch
         prev = states.interest.clone()  # (U, d) before this batch
+        events = [incoming for user in stepped for incoming in fresh[user]]
         if stepped:
             row_of = {user: row for row, user in enumerate(stepped)}
-            events = [incoming for user in stepped for incoming in fresh[user]]
-            states, _ = step_events(
+            states, out = step_events(
                 self.model,
                 states,
                 torch.tensor([row_of[i.event.user_id] for i in events], device=self.device),
@@ -133,63 +145,121 @@ class Engine:
                 ),
             )
         blobs = self.checkpoint.encode_states(states) if stepped else []
-
-        republished = [user for user in redelivered if user not in fresh]
-        kept = self._states([records[user].state for user in republished])
-        interest = torch.cat([states.interest, kept.interest])  # (U + R, d)
-        prev = torch.cat([prev, self._prev([records[u].prev_interest for u in republished])])
+        # items each event's user had seen just before it, and just after it
+        seen_before, seen_after = [], []
+        for user in stepped:
+            recent = records[user].recent_items
+            for incoming in fresh[user]:
+                seen_before.append(recent)
+                recent = (*recent, incoming.event.item_id)[-RECENT:]
+                seen_after.append(recent)
+        ranks = [None] * len(events)
+        if self.prequential and events:
+            firsts, start = set(), 0
+            for row, user in enumerate(stepped):
+                if first_seen[row]:
+                    firsts.add(start)  # no recommendations before a user's first event
+                start += len(fresh[user])
+            ranks = self._ranks(out.prev_interest, events, seen_before, firsts)
 
         new_records = []
+        last = -1
         for row, user in enumerate(stepped):
             record, applied = records[user], fresh[user]
+            last += len(applied)
+            # the interests the record's shift is measured from: before its last update
+            before = out.prev_interest[last] if self.per_event else prev[row]
             new_records.append(
                 UserRecord(
                     state=blobs[row],
-                    prev_interest=prev[row].cpu().numpy().astype("<f4").tobytes(),
+                    prev_interest=before.cpu().numpy().astype("<f4").tobytes(),
                     partition=applied[-1].partition,
                     offset=applied[-1].offset,
                     recent_events=(*record.recent_events, *(i.event.event_id for i in applied))[
                         -RECENT:
                     ],
-                    recent_items=(*record.recent_items, *(i.event.item_id for i in applied))[
-                        -RECENT:
-                    ],
+                    recent_items=seen_after[last],
                 )
             )
-        new_records += [records[user] for user in republished]
-        users = stepped + republished
-        views = self._views(interest, prev, [r.recent_items for r in new_records])
 
-        outcomes, now = [], time.time()
-        for user, record, view in zip(users, new_records, views, strict=True):
-            covered = sorted(
-                redelivered.get(user, []) + fresh.get(user, []), key=lambda i: i.offset
-            )
+        # One update per user (live) or per event (replay), then one per user whose events were
+        # all applied before a crash: re-published from the stored record.
+        republished = [user for user in redelivered if user not in fresh]
+        kept = self._states([records[user].state for user in republished])
+        if self.per_event and events:
+            interest, prev = out.interest, out.prev_interest
+            covered = [[i] for i in events]
+            recent = seen_after
+            positions = [(i.partition, i.offset) for i in events]
+        else:
+            interest = states.interest
+            covered = [
+                sorted(redelivered.get(u, []) + fresh[u], key=lambda i: i.offset) for u in stepped
+            ]
+            recent = [r.recent_items for r in new_records]
+            positions = [(r.partition, r.offset) for r in new_records]
+            ranks = [None] * len(stepped)
+        interest = torch.cat([interest, kept.interest])
+        prev = torch.cat([prev, self._prev([records[u].prev_interest for u in republished])])
+        covered += [sorted(redelivered[u], key=lambda i: i.offset) for u in republished]
+        recent += [records[u].recent_items for u in republished]
+        ranks += [None] * len(republished)
+        # the update id names the last event the view includes: a re-published update keeps it
+        positions += [(records[u].partition, records[u].offset) for u in republished]
+        views = self._views(interest, prev, recent)
+
+        updates: dict[str, list[bytes]] = {}
+        now = time.time()
+        for view, events_covered, rank, (partition, offset) in zip(
+            views, covered, ranks, positions, strict=True
+        ):
+            last_event = events_covered[-1]
+            user = last_event.event.user_id
             update = {
                 "schema_version": SCHEMA_VERSION,
-                "update_id": f"{self.checkpoint.version}:{user}:{record.partition}:{record.offset}",
+                "update_id": f"{self.checkpoint.version}:{user}:{partition}:{offset}",
                 "user_id": user,
                 "model_version": self.checkpoint.version,
-                "events": [
-                    {
-                        "event_id": i.event.event_id,
-                        "event_type": i.event.event_type.value,
-                        "timestamp": i.event.timestamp.isoformat(),
-                        "partition": i.partition,
-                        "offset": i.offset,
-                    }
-                    for i in covered
-                ],
+                "events": [_event_ref(i) for i in events_covered],
                 **view,
-                "latency_ms": max(0.0, (now - covered[-1].appended_at) * 1000),
+                "latency_ms": max(0.0, (now - last_event.appended_at) * 1000),
             }
+            if rank is not None:
+                update["events"][-1]["rank"] = rank
+            updates.setdefault(user, []).append(json.dumps(update).encode())
+
+        outcomes = []
+        for user, record in zip(
+            stepped + republished, new_records + [records[u] for u in republished], strict=True
+        ):
+            applied = fresh.get(user, [])
+            last_event = max(applied or redelivered[user], key=lambda i: i.offset)
             outcomes.append(
-                UserOutcome(
-                    user, record.to_bytes(), json.dumps(update).encode(), covered[-1],
-                    len(fresh.get(user, [])),
-                )
-            )  # fmt: skip
+                UserOutcome(user, record.to_bytes(), updates[user], last_event, len(applied))
+            )
         return outcomes
+
+    def _ranks(
+        self,
+        before: torch.Tensor,
+        events: list[Incoming],
+        seen: list[tuple[str, ...]],
+        firsts: set[int],
+    ) -> list[int | None]:
+        """Prequential check: where each event's item stood in the ranking the user had just
+        before it (1 = top), with the items then kept out of recommendations left out, except
+        the event's own item. None for a user's first event: there was no ranking yet."""
+        items = self.items
+        scores = before @ items.reps.T  # (E, rows)
+        exclude = (~items.alive).expand(len(events), -1).clone()
+        for row, item_ids in enumerate(seen):
+            exclude[row, [items.rows[i] for i in item_ids if i in items.rows]] = True
+        target = torch.tensor([i.item_row for i in events], device=self.device)
+        at = torch.arange(len(events), device=self.device)
+        exclude[at, target] = False
+        target_scores = scores[at, target].unsqueeze(1)
+        ranks = ((scores > target_scores) & ~exclude).sum(1) + 1
+        return [None if e in firsts else int(r) for e, r in enumerate(ranks.tolist())]
 
     @torch.inference_mode()
     def describe(self, stored: bytes) -> dict:
@@ -266,3 +336,14 @@ class Engine:
         d = self.checkpoint.config.d_model
         rows = [np.frombuffer(b, dtype="<f4") if b else np.zeros(d, "<f4") for b in blobs]
         return torch.from_numpy(np.stack(rows) if rows else np.zeros((0, d), "<f4")).to(self.device)
+
+
+def _event_ref(incoming: Incoming) -> dict:
+    event = incoming.event
+    return {
+        "event_id": event.event_id,
+        "event_type": event.event_type.value,
+        "timestamp": event.timestamp.isoformat(),
+        "partition": incoming.partition,
+        "offset": incoming.offset,
+    }

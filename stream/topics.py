@@ -32,15 +32,16 @@ def topic_specs(settings: Settings) -> dict[str, dict[str, str]]:
     }
 
 
-def ensure_topics(settings: Settings) -> list[str]:
-    """Create missing topics; return the names created. Existing topics are left as they are."""
+def ensure_topics(settings: Settings, only: list[str] | None = None) -> list[str]:
+    """Create missing topics (all of them, or `only` these); return the names created.
+    Existing topics are left as they are."""
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id="currents-admin")
     try:
         existing = set(admin.list_topics())
         missing = [
             NewTopic(name, settings.partitions, settings.replication_factor, topic_configs=configs)
             for name, configs in topic_specs(settings).items()
-            if name not in existing
+            if name not in existing and (only is None or name in only)
         ]
         if missing:
             try:

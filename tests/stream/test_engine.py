@@ -76,7 +76,7 @@ def run(engine, stream, batch_size, stored=None):
         batch = [admit(engine, *item) for item in stream[start : start + batch_size]]
         for outcome in engine.apply(stored, batch):
             stored[outcome.user_id] = outcome.record
-            updates.append(InterestUpdate.model_validate_json(outcome.update))
+            updates += [InterestUpdate.model_validate_json(u) for u in outcome.updates]
     return stored, updates
 
 
@@ -126,6 +126,62 @@ def test_batched_engine_equals_offline_steps_and_covers_every_event_once(
         assert sum(last.interests.values()) <= 1.0 + 1e-6
 
 
+def replay_engine(engine) -> Engine:
+    return Engine(
+        engine.checkpoint, engine.items, top_n=5, top_categories=3, per_event=True,
+        prequential=True,
+    )  # fmt: skip
+
+
+def test_per_event_updates_do_not_depend_on_batching_and_match_one_event_batches(engine):
+    stream = stream_of(users=9, events=60)
+    _, live = run(engine, stream, 1)
+    replayed = {
+        size: {u.update_id: u for u in run(replay_engine(engine), stream, size)[1]}
+        for size in (1, 7, 64)
+    }
+    for updates in replayed.values():
+        assert updates.keys() == replayed[1].keys() and len(updates) == len(stream)
+        assert all(len(u.events) == 1 for u in updates.values())
+    by_event = {u.events[0].event_id: u for u in live}
+    for size, updates in replayed.items():
+        for update_id, update in updates.items():
+            one = by_event[update.events[0].event_id]  # the live update of a 1-event batch
+            assert [r.item_id for r in update.recommendations] == [
+                r.item_id for r in one.recommendations
+            ], size
+            assert [r.score for r in update.recommendations] == pytest.approx(
+                [r.score for r in one.recommendations], abs=1e-5
+            )
+            assert update.interest_shift == pytest.approx(one.interest_shift, abs=1e-5)
+            assert update.events[0].rank == replayed[1][update_id].events[0].rank
+
+
+def test_prequential_rank_is_the_items_place_in_the_ranking_just_before_the_event(
+    checkpoint, engine
+):
+    stream = stream_of(users=4, events=30)
+    _, updates = run(replay_engine(engine), stream, 16)
+    rank_of = {u.events[0].event_id: u.events[0].rank for u in updates}
+    for n, (event, _, _) in enumerate(stream):
+        rank = rank_of[event.event_id]
+        history = [e for e, _, _ in stream[:n] if e.user_id == event.user_id]
+        if not history:
+            assert rank is None  # no recommendations before a user's first event
+            continue
+        interest = offline(checkpoint, engine, history).interest
+        scores = (interest @ engine.items.reps.T)[0]
+        hidden = {engine.items.rows[e.item_id] for e in history[-32:]} - {
+            engine.items.rows[event.item_id]
+        }
+        target = scores[engine.items.rows[event.item_id]]
+        alive = engine.items.alive.tolist()
+        ahead = [
+            r for r in range(len(scores)) if alive[r] and r not in hidden and scores[r] > target
+        ]
+        assert rank == len(ahead) + 1
+
+
 def test_redelivered_events_are_not_applied_twice_but_republished_identically(engine):
     stream = stream_of(users=4, events=20)
     stored, updates = run(engine, stream, 5)
@@ -173,7 +229,7 @@ def test_deleted_items_are_never_recommended_and_new_ones_are(checkpoint, engine
             stored[outcome.user_id] = outcome.record
             recommended = {
                 r.item_id
-                for r in InterestUpdate.model_validate_json(outcome.update).recommendations
+                for r in InterestUpdate.model_validate_json(outcome.updates[-1]).recommendations
             }
             assert best not in recommended
     engine.top_n = 100  # the whole catalog, ranked

@@ -1,0 +1,194 @@
+"""`currents replay` beside a live worker, on the real broker: same outputs as live, twice the
+same, resumable, and leaves the live state and outputs alone."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from kafka import KafkaConsumer, TopicPartition
+from support import behaviour, keyed, metric, produce, rocksdb_records, served
+
+from model.checkpoint import load_checkpoint, save_checkpoint
+from model.config import ModelConfig
+from model.interest import InterestModel
+from stream.processes import wait_for
+from stream.report import prequential, read_updates
+
+EVENTS = 900
+
+
+def replay_command(settings, *args: str, tmp_path) -> list[str]:
+    return [sys.executable, "-m", "stream", "replay", "--checkpoint", str(settings.checkpoint),
+            "--batch-size", "64", *args]  # fmt: skip
+
+
+def run_replay(settings, *args: str, tmp_path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        replay_command(settings, *args, tmp_path=tmp_path), cwd=tmp_path, env=env_of(settings),
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def env_of(settings) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"}
+    return {**env, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
+
+
+def topic_names(bootstrap: str) -> set[str]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    try:
+        return set(consumer.topics())
+    finally:
+        consumer.close()
+
+
+def topic_snapshot(bootstrap: str, prefix: str | tuple[str, ...]) -> dict[str, list]:
+    """Every record of every topic whose name starts with `prefix`: (partition, offset, key,
+    value)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    try:
+        names = sorted(t for t in consumer.topics() if t.startswith(prefix))
+        snapshot = {}
+        for name in names:
+            tps = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name)]
+            consumer.assign(tps)
+            consumer.seek_to_beginning()
+            end = consumer.end_offsets(tps)
+            rows = []
+            while any(consumer.position(tp) < end[tp] for tp in tps):
+                for records in consumer.poll(timeout_ms=1000).values():
+                    rows += [(r.partition, r.offset, r.key, r.value) for r in records]
+            snapshot[name] = sorted(rows)
+        return snapshot
+    finally:
+        consumer.close()
+
+
+def by_event(updates: dict[str, dict]) -> dict[str, dict]:
+    return {u["events"][-1]["event_id"]: u for u in updates.values()}
+
+
+def assert_same_update(got: dict, expected: dict, shift: bool = True) -> None:
+    assert [r["item_id"] for r in got["recommendations"]] == [
+        r["item_id"] for r in expected["recommendations"]
+    ]
+    assert [r["score"] for r in got["recommendations"]] == pytest.approx(
+        [r["score"] for r in expected["recommendations"]], abs=1e-4
+    )
+    assert got["interests"] == pytest.approx(expected["interests"], abs=1e-4)
+    if shift:
+        assert got["interest_shift"] == pytest.approx(expected["interest_shift"], abs=1e-4)
+
+
+def test_replay_beside_a_live_worker(engine_settings, start_worker, catalog, tmp_path):
+    live = engine_settings
+    events = behaviour(catalog, users=30, events=EVENTS)
+    users = sorted({e.user_id for e in events})
+    produce(live.bootstrap, live.events_topic, keyed(events, "user_id"))
+    worker = start_worker(live)
+    worker.wait_ready()
+    wait_for(lambda: metric(worker, "currents_events_total") >= EVENTS, 120, what="live caught up")
+
+    # Bad input: a clear error (exit 2) before any work, and nothing created.
+    before_topics = topic_names(live.bootstrap)
+    other_encoder = tmp_path / "other.pt"
+    save_checkpoint(
+        other_encoder, InterestModel(ModelConfig(n_items=2, text_dim=384)), {"item-0": 1},
+        ["Jazz"], "another/bert",
+    )  # fmt: skip
+    bad = {
+        "does not exist": ["--events", "no-such-topic"],
+        "after --until": ["--from", "0:5", "--until", "0:2"],
+        "out of range": ["--from", "1:999999"],
+        "does not match the catalog": ["--checkpoint", str(other_encoder)],
+    }
+    for message, args in bad.items():
+        result = run_replay(live, "--name", "bad", *args, tmp_path=tmp_path)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert topic_names(live.bootstrap) == before_topics
+
+    live_topics = (
+        live.updates_topic,
+        f"{live.app_id}-user-states",
+        f"{live.app_id}-events-progress",
+    )
+    live_before = topic_snapshot(live.bootstrap, live_topics)  # outputs, state changelogs
+    views_before = served(worker, users)
+
+    first = run_replay(live, "--name", "a", "--report", str(tmp_path / "report"),
+                       tmp_path=tmp_path)  # fmt: skip
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert f"Replayed {EVENTS} events" in first.stdout
+    second = run_replay(live, "--name", "b", tmp_path=tmp_path)
+    assert second.returncode == 0, second.stdout + second.stderr
+
+    # The live side is untouched: same records in its output topic and changelogs, same views.
+    assert topic_snapshot(live.bootstrap, live_topics) == live_before
+    assert len(live_before) == 3
+    assert served(worker, users) == views_before
+
+    a = read_updates(live.bootstrap, "currents.replay.a.updates")
+    b = read_updates(live.bootstrap, "currents.replay.b.updates")
+    assert len(a) == EVENTS and sorted(by_event(a)) == sorted(e.event_id for e in events)
+    # Twice the same range, same checkpoint: the same outputs.
+    assert a.keys() == b.keys()
+    for update_id, update in a.items():
+        assert update["events"] == b[update_id]["events"]  # ranks included
+        assert_same_update(b[update_id], update)
+    # ... and the live engine's outputs for the same events.
+    replayed = by_event(a)
+    live_updates = [json.loads(value) for *_, value in live_before[live.updates_topic]]
+    assert live_updates
+    for update in live_updates:
+        one_event = len(update["events"]) == 1  # live batches move the shift's baseline
+        assert_same_update(replayed[update["events"][-1]["event_id"]], update, shift=one_event)
+
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    result = report["topics"]["currents.replay.a.updates"]
+    assert result == prequential(a)
+    assert result["scored"] == EVENTS - len(users)  # every event but each user's first
+    assert (tmp_path / "report" / "report.png").stat().st_size > 10_000
+
+    # Interrupted (Ctrl-C) and resumed: the same outputs and states as the uninterrupted run.
+    replay = subprocess.Popen(
+        replay_command(live, "--name", "c", "--batch-size", "8", tmp_path=tmp_path),
+        cwd=tmp_path, env=env_of(live), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+    try:
+        wait_for(
+            lambda: len(topic_snapshot(live.bootstrap, "currents.replay.c.updates").get(
+                "currents.replay.c.updates", [])) >= EVENTS // 3,
+            120, 0.2, "a third of the replay", process=replay,
+        )  # fmt: skip
+        replay.send_signal(signal.SIGINT)
+        output = replay.communicate(timeout=60)[0]
+    finally:
+        if replay.poll() is None:
+            replay.kill()
+    assert replay.returncode == 130 and "Interrupted after" in output, output
+    resumed = run_replay(live, "--name", "c", tmp_path=tmp_path)
+    assert resumed.returncode == 0 and "resuming" in resumed.stdout, resumed.stdout + resumed.stderr
+    c = read_updates(live.bootstrap, "currents.replay.c.updates")
+    assert c.keys() == a.keys()
+    for update_id, update in a.items():
+        assert c[update_id]["events"][-1] == update["events"][-1]
+        assert_same_update(c[update_id], update)
+    checkpoint = load_checkpoint(live.checkpoint)
+    states_a = rocksdb_records(tmp_path / "replay" / "a")
+    states_c = rocksdb_records(tmp_path / "replay" / "c")
+    assert states_c.keys() == states_a.keys() == {u.encode() for u in users}
+    for user, record in states_a.items():
+        assert (states_c[user].partition, states_c[user].offset) == (
+            record.partition,
+            record.offset,
+        )
+        got, expected = (checkpoint.decode_states([r.state]) for r in (states_c[user], record))
+        assert int(got.count[0]) == int(expected.count[0])
+        assert torch.allclose(got.h, expected.h, atol=1e-5)
+        assert torch.allclose(got.ring, expected.ring, atol=1e-5)
