@@ -13,6 +13,7 @@ import copy
 import os
 import time
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 
 import numpy as np
 import torch
@@ -249,6 +250,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data_arguments(p)
     m = ModelConfig()
     p.add_argument("--out", default="checkpoints/model.pt", help="checkpoint path to write")
+    p.add_argument(
+        "--before",
+        metavar="ISO_TIME",
+        help="train only on events before this time (the catalog keeps every item), e.g. to "
+        "replay the time after it as unseen history",
+    )
     p.add_argument("--window", type=int, default=m.window, help=f"attention window K ({m.window})")
     p.add_argument("--dropout", type=float, default=m.dropout, help=f"({m.dropout})")
     p.add_argument(
@@ -263,6 +270,10 @@ def load_catalog(args: argparse.Namespace) -> tuple[list[Event], Catalog]:
     """Load the dataset and encode the catalog's text (cached)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach out for weights mid-run
     events, items = load_dataset(args.data_format, args.data)
+    if getattr(args, "before", None):  # train on the past only; replay scores the future
+        cutoff = datetime.fromisoformat(args.before.replace("Z", "+00:00"))
+        cutoff = cutoff if cutoff.tzinfo else cutoff.replace(tzinfo=UTC)
+        events = [e for e in events if e.timestamp < cutoff.timestamp()]
     args.encoder = args.encoder or default_encoder()
     encoder = ItemEncoder(args.encoder, cache_dir=args.cache_dir)
     return events, Catalog.build(events, items, encoder, progress=not args.quiet)

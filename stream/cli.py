@@ -156,6 +156,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=summary)
         if argv and argv[0] == name:  # import (torch, kafka) only for the command that runs
             plugged = importlib.import_module(module)
+            command.description = plugged.__doc__  # the module says what the command does
+            command.formatter_class = argparse.RawDescriptionHelpFormatter
             plugged.add_arguments(command)
             command.set_defaults(run=plugged.run)
 

@@ -1,0 +1,157 @@
+"""Replay against live on the same history, in one run: rates, and the prequential report.
+
+    python bench/replay.py --checkpoint PATH [--report docs/replay-ml100k] [--window week]
+
+The ml-100k ratings go into a fresh topic in timestamp order. (a) A live worker (batches of
+256) works through them as a backlog; (b) `currents replay` (batches of 1024, one update per
+event with its prequential rank) re-scores the same topic from the beginning. Both rates come
+from the Kafka timestamps of their first and last outputs, read after the run, so measuring
+costs the run nothing. The replay's wall time includes its start. The report (JSON + PNG)
+goes to --report; with a checkpoint trained `--before` some time, the weeks after it are
+history the model never saw.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from kafka import KafkaConsumer
+from throughput import git_sha, machine, produce, ready
+
+from model.data import load_movielens
+from stream.local_kafka import LocalKafka, free_port
+from stream.processes import spawn_worker, terminate
+from stream.produce import to_behavior_event, to_item_upsert
+from stream.settings import Settings
+from stream.topics import ensure_topics
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--data", default=str(ROOT.parent / "shared/data/ml-100k"))
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--report", type=Path, default=ROOT / "docs/replay-ml100k")
+    parser.add_argument("--window", default="week", choices=("hour", "day", "week"))
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="currents-bench-replay-"))
+    events, items = load_movielens(args.data)
+    events = sorted((to_behavior_event(e) for e in events), key=lambda e: e.timestamp)
+    catalog = [to_item_upsert(i) for i in items.values()]
+
+    kafka = None
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
+    if not bootstrap:
+        kafka = LocalKafka(work / "kafka", partitions=args.partitions, heap="1g")
+        kafka.start()
+        bootstrap = kafka.bootstrap
+    settings = Settings(
+        app_id="bench-live", bootstrap=bootstrap, partitions=args.partitions,
+        events_topic="bench.events", catalog_topic="bench.catalog",
+        item_vectors_topic="bench.item-vectors", updates_topic="bench.updates",
+        dead_letter_topic="bench.dead-letters", data_dir=work / "live",
+        web_port=free_port(), checkpoint=args.checkpoint,
+    )  # fmt: skip
+    try:
+        ensure_topics(settings)
+        produce(bootstrap, settings.catalog_topic, catalog, lambda i: i.item_id)
+        worker = spawn_worker(settings, work / "encode.log", loglevel="warning")
+        ready(settings, worker)  # the catalog is encoded once, before the history arrives
+        terminate(worker)
+        produce(bootstrap, settings.events_topic, events, lambda e: e.user_id)
+
+        worker = spawn_worker(settings, work / "live.log", loglevel="warning")
+        try:
+            ready(settings, worker)
+            live_rate = wait_and_rate(settings, len(events), worker)
+        finally:
+            terminate(worker)
+        print(f"(a) live: {live_rate:.0f} events/s", flush=True)
+
+        started = time.monotonic()
+        command = [
+            sys.executable, "-m", "stream", "replay", "--checkpoint", str(args.checkpoint),
+            "--name", "bench", "--report", str(args.report), "--window", args.window,
+        ]  # fmt: skip
+        env = {**os.environ, **settings.to_env()}
+        env.pop("KAFKA_BOOTSTRAP", None)
+        replay = subprocess.run(command, env=env, cwd=work, capture_output=True, text=True)
+        wall = time.monotonic() - started
+        if replay.returncode != 0:
+            raise SystemExit(f"replay failed:\n{replay.stdout}\n{replay.stderr}")
+        done, replay_rate = rate_of(bootstrap, "currents.replay.bench.updates", lambda r: 1)
+        print(f"(b) replay: {replay_rate:.0f} events/s ({done} updates; {wall:.0f} s wall)")
+        report = json.loads((args.report / "report.json").read_text())
+        result = next(iter(report["topics"].values()))
+        print(f"    prequential HR@10 {result['hr@10']:.4f}, NDCG@10 {result['ndcg@10']:.4f}")
+        results = {
+            "machine": machine(), "git": git_sha(), "events": len(events),
+            "partitions": args.partitions, "checkpoint": str(args.checkpoint),
+            "live_events_per_s": live_rate, "replay_events_per_s": replay_rate,
+            "replay_vs_live": replay_rate / live_rate, "replay_wall_s": wall,
+            "prequential": {k: result[k] for k in ("events", "scored", "hr@10", "ndcg@10")},
+            "first_event": events[0].timestamp.isoformat(),
+            "last_event": events[-1].timestamp.isoformat(),
+        }  # fmt: skip
+        print(f"    replay / live: {results['replay_vs_live']:.2f}")
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2) + "\n")
+    finally:
+        if kafka is not None:
+            kafka.stop()
+
+
+def wait_and_rate(settings: Settings, total: int, worker, timeout=1800.0) -> float:
+    """Wait until the worker has applied `total` events (its /metrics), then the rate from the
+    timestamps of its updates."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and worker.poll() is None:
+        time.sleep(2)
+        if events_applied(settings) >= total:
+            return rate_of(settings.bootstrap, settings.updates_topic, covered)[1]
+    raise TimeoutError(f"the live worker did not apply all {total} events")
+
+
+def events_applied(settings: Settings) -> float:
+    url = f"http://127.0.0.1:{settings.web_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith("currents_events_total "):
+                return float(line.split()[1])
+    return 0.0
+
+
+def covered(record) -> int:
+    return len(json.loads(record.value)["events"])
+
+
+def rate_of(bootstrap: str, topic: str, weight) -> tuple[int, float]:
+    """(events covered, events/s between the first and last output's Kafka timestamps)."""
+    consumer = KafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+        enable_auto_commit=False, consumer_timeout_ms=2000,
+    )  # fmt: skip
+    first = last = None
+    done = 0
+    for record in consumer:
+        first = record.timestamp if first is None else min(first, record.timestamp)
+        last = record.timestamp if last is None else max(last, record.timestamp)
+        done += weight(record)
+    consumer.close()
+    if first is None:
+        return 0, 0.0
+    return done, done / max((last - first) / 1000, 1e-3)
+
+
+if __name__ == "__main__":
+    main()
