@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--window", default="week", choices=("hour", "day", "week"))
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    args.checkpoint, args.report = args.checkpoint.resolve(), args.report.resolve()
 
     work = Path(tempfile.mkdtemp(prefix="currents-bench-replay-"))
     events, items = load_movielens(args.data)

@@ -5,7 +5,8 @@
 (a) the sustained rate of a pass-through Faust agent (consume -> produce the same records);
 (b) the sustained rate of the engine (CPU, micro-batched model step, RocksDB states), both
     measured on a backlog of the same ml-100k events, from the Kafka timestamps of the outputs;
-(c) produce -> interest-update latency (p50/p99 per event) at half of the engine's max rate.
+(c) produce -> output latency (p50/p99 per event) at half of the engine's max rate, for the
+    engine (to the interest update) and for the pass-through (to the forwarded record).
 Without --checkpoint the model is untrained but of the default size: same cost per event.
 """
 
@@ -87,9 +88,21 @@ def main() -> None:
             for name, share in profile:
                 print(f"      {share:5.1f}%  {name}")
         target = rate / 2
-        p50, p99, count = latency(settings, work, live, target, args.latency_seconds)
-        results["latency"] = {"rate": target, "events": count, "p50_ms": p50, "p99_ms": p99}
-        print(f"(c) latency at {target:.0f} events/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+        stream = live[: int(target * args.latency_seconds)]
+        for name, measure in (
+            ("engine", lambda: engine_latency(settings, work, stream, target)),
+            ("passthrough", lambda: passthrough_latency(bootstrap, work, stream, target)),
+        ):
+            p50, p99, count = measure()
+            results[f"{name}_latency"] = {
+                "rate": target,
+                "events": count,
+                "p50_ms": p50,
+                "p99_ms": p99,
+            }
+            print(
+                f"(c) {name} latency at {target:.0f} events/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+            )
         if args.json:
             args.json.write_text(json.dumps(results, indent=2) + "\n")
     finally:
@@ -136,20 +149,24 @@ def output_rate(bootstrap: str, topic: str, weight, total: int, worker, timeout=
 
 def passthrough_rate(bootstrap: str, work: Path, backlog, args) -> float:
     produce(bootstrap, "bench.passthrough.in", backlog, lambda e: e.user_id)
-    env = {
-        **os.environ, "BENCH_BOOTSTRAP": bootstrap, "BENCH_APP_ID": "bench-passthrough",
-        "BENCH_SOURCE": "bench.passthrough.in", "BENCH_SINK": "bench.passthrough.out",
-        "BENCH_PARTITIONS": str(args.partitions), "BENCH_DATA_DIR": str(work / "passthrough"),
-    }  # fmt: skip
-    with open(work / "passthrough.log", "wb") as log:
-        worker = subprocess.Popen(
-            [sys.executable, str(ROOT / "bench/passthrough.py"), "worker", "-l", "warn"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+    worker = start_passthrough(bootstrap, work, args.partitions)
     try:
         return output_rate(bootstrap, "bench.passthrough.out", lambda r: 1, len(backlog), worker)
     finally:
         terminate(worker)
+
+
+def start_passthrough(bootstrap: str, work: Path, partitions: int = 8):
+    env = {
+        **os.environ, "BENCH_BOOTSTRAP": bootstrap, "BENCH_APP_ID": "bench-passthrough",
+        "BENCH_SOURCE": "bench.passthrough.in", "BENCH_SINK": "bench.passthrough.out",
+        "BENCH_PARTITIONS": str(partitions), "BENCH_DATA_DIR": str(work / "passthrough"),
+    }  # fmt: skip
+    with open(work / "passthrough.log", "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, str(ROOT / "bench/passthrough.py"), "worker", "-l", "warn"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
 
 
 def engine_rate(settings: Settings, work: Path, catalog, backlog, profile: bool):
@@ -180,42 +197,60 @@ def engine_rate(settings: Settings, work: Path, catalog, backlog, profile: bool)
     return rate, (summarise_profile(work / "engine.pyspy") if profile else None)
 
 
-def latency(settings: Settings, work: Path, live, rate: float, seconds: float):
-    """Per-event produce -> update latency, from Kafka timestamps on both sides."""
-    worker = spawn_worker(settings, work / "engine-latency.log", loglevel="warning")
-    ready(settings, worker)
-    stream = live[: int(rate * seconds)]
-    producer = KafkaProducer(bootstrap_servers=settings.bootstrap, acks=1, linger_ms=0)
+def latency(bootstrap: str, source: str, sink: str, stream, rate: float, covered):
+    """Per-event produce -> output latency, from Kafka timestamps on both sides: the event's
+    own, and that of the first output record that covers it (`covered(record)`: event ids)."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=0)
     sent = {}
     consumer = KafkaConsumer(
-        settings.updates_topic, bootstrap_servers=settings.bootstrap,
-        auto_offset_reset="latest", enable_auto_commit=False, consumer_timeout_ms=200,
+        sink, bootstrap_servers=bootstrap, auto_offset_reset="latest",
+        enable_auto_commit=False, consumer_timeout_ms=200,
     )  # fmt: skip
-    consumer.poll(timeout_ms=1000)  # join: from here on, the updates of this phase
+    consumer.poll(timeout_ms=1000)  # join: from here on, the outputs of this phase
     try:
         for event in paced(stream, rate):
             future = producer.send(
-                settings.events_topic,
-                key=event.user_id.encode(),
-                value=event.model_dump_json().encode(),
+                source, key=event.user_id.encode(), value=event.model_dump_json().encode()
             )
-            future.add_callback(lambda m: sent.__setitem__((m.partition, m.offset), m.timestamp))
+            future.add_callback(lambda m, e=event.event_id: sent.__setitem__(e, m.timestamp))
         producer.flush()
-        latencies = []
+        latencies = {}
         deadline = time.monotonic() + 60
         while len(latencies) < len(stream) and time.monotonic() < deadline:
             for record in consumer:
-                for ref in json.loads(record.value)["events"]:
-                    produced = sent.get((ref["partition"], ref["offset"]))
-                    if produced is not None:
-                        latencies.append(record.timestamp - produced)
+                for event_id in covered(record):
+                    if event_id in sent and event_id not in latencies:
+                        latencies[event_id] = record.timestamp - sent[event_id]
     finally:
         consumer.close()
         producer.close()
+    ordered = sorted(latencies.values())
+    pick = lambda q: float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])  # noqa: E731
+    return pick(0.50), pick(0.99), len(ordered)
+
+
+def engine_latency(settings: Settings, work: Path, stream, rate: float):
+    worker = spawn_worker(settings, work / "engine-latency.log", loglevel="warning")
+    try:
+        ready(settings, worker)
+        return latency(
+            settings.bootstrap, settings.events_topic, settings.updates_topic, stream, rate,
+            lambda r: [ref["event_id"] for ref in json.loads(r.value)["events"]],
+        )  # fmt: skip
+    finally:
         terminate(worker)
-    latencies.sort()
-    pick = lambda q: float(latencies[min(len(latencies) - 1, int(q * len(latencies)))])  # noqa: E731
-    return pick(0.50), pick(0.99), len(latencies)
+
+
+def passthrough_latency(bootstrap: str, work: Path, stream, rate: float):
+    worker = start_passthrough(bootstrap, work)
+    try:
+        time.sleep(15)  # joined its group and caught up (its backlog was consumed in (a))
+        return latency(
+            bootstrap, "bench.passthrough.in", "bench.passthrough.out", stream, rate,
+            lambda r: [json.loads(r.value)["event_id"]],
+        )  # fmt: skip
+    finally:
+        terminate(worker)
 
 
 def ready(settings: Settings, worker) -> None:

@@ -88,7 +88,6 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
     events = app.topic(settings.events_topic, **raw)
     catalog = app.topic(settings.catalog_topic, **raw)
     item_vectors = app.topic(settings.item_vectors_topic, **raw)
-    updates = app.topic(settings.updates_topic, **raw)
     dead_letters = app.topic(settings.dead_letter_topic, **raw)
 
     # One table per model version: a new checkpoint never reads another version's states.
@@ -195,6 +194,8 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
         """Micro-batches across users: one batched model step, one record and update per user."""
         async for batch in stream.take_events(settings.batch_size, settings.batch_window):
             await items_ready.wait()
+            for table in (user_states, progress):  # a new changelog may not be known yet
+                await _load_partition_metadata(app, table)
             try:
                 await process(batch)
             except Exception:
@@ -264,11 +265,18 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
             with _in_partition_of(outcome.last.source):
                 user_states[user] = outcome.record
             for update in outcome.updates:
-                # buffered: Faust flushes the producer before it commits the batch's offsets
-                updates.send_soon(key=user, value=update)
+                await publish(user, update)
             metrics.update_latency.observe(max(0.0, time.time() - outcome.last.appended_at))
             metrics.events.inc(outcome.applied)
-        metrics.updates.inc(len(outcomes))
+        metrics.updates.inc(sum(len(o.updates) for o in outcomes))
+
+    async def publish(user: bytes, update: bytes) -> None:
+        """Straight to the Kafka producer: Faust's per-message channel path costs more than the
+        model step (a replay publishes one update per event). Faust flushes this producer
+        before it commits the batch's offsets, so no update is lost to a crash; one that
+        cannot be delivered stops the worker before that commit."""
+        delivery = await app.producer.send(settings.updates_topic, user, update, None, None, None)
+        delivery.add_done_callback(_check_delivered)
 
     # Both run in the repair thread, which owns the (blocking, kafka-python) HoleReader.
     def start_offset(partition: int) -> int:
@@ -344,6 +352,11 @@ def _record(event) -> Record:
     return Record(event.key, event.value, message.partition, message.offset, message.timestamp)
 
 
+def _check_delivered(delivery: asyncio.Future) -> None:
+    if not delivery.cancelled() and delivery.exception() is not None:
+        _exit_fatal(f"an interest update could not be delivered: {delivery.exception()!r}")
+
+
 def _exit_fatal(message: str) -> None:
     """Log the current exception and end the process at once: no ack, no commit, no cleanup
     that could mark unprocessed events as done. The supervisor (systemd, Kubernetes) restarts
@@ -375,6 +388,8 @@ async def _load_partition_metadata(app: faust.App, table) -> None:
 
     Faust's request router hashes the key with the producer's metadata, which only holds
     topics the producer has written to: a freshly restored worker would fail every routed
-    request. Asking for the partitions is a no-op once they are known.
+    request; and a table write checks the changelog's partition count, which reads 0 for a
+    changelog Faust created a moment ago. Asking for the partitions is a no-op once they
+    are known.
     """
     await app.producer._ensure_producer().partitions_for(table.changelog_topic.get_topic_name())

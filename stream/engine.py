@@ -7,6 +7,7 @@ one record plus one `InterestUpdate` per user.
 """
 
 import json
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -251,9 +252,7 @@ class Engine:
         the event's own item. None for a user's first event: there was no ranking yet."""
         items = self.items
         scores = before @ items.reps.T  # (E, rows)
-        exclude = (~items.alive).expand(len(events), -1).clone()
-        for row, item_ids in enumerate(seen):
-            exclude[row, [items.rows[i] for i in item_ids if i in items.rows]] = True
+        exclude = self._excluded(seen)
         target = torch.tensor([i.item_row for i in events], device=self.device)
         at = torch.arange(len(events), device=self.device)
         exclude[at, target] = False
@@ -277,11 +276,7 @@ class Engine:
         if not len(recent):
             return []
         items = self.items
-        exclude = (~items.alive).expand(len(recent), -1).clone()  # (B, rows)
-        for row, item_ids in enumerate(recent):
-            hidden = [items.rows[i] for i in item_ids if i in items.rows]
-            exclude[row, hidden] = True
-        scores, index = top_n(interest, items.reps, self.top_n, exclude)  # (B, n) each
+        scores, index = top_n(interest, items.reps, self.top_n, self._excluded(recent))
         dist, shift = category_shift(StepOutput(interest, prev), items.reps, items.membership())
         names = items.category_names()
         k = min(self.top_categories, len(names))
@@ -301,11 +296,20 @@ class Engine:
                     "recommendations": [
                         {"item_id": items.item_id(i), "score": s}
                         for s, i in zip(row_scores, row_index, strict=True)
-                        if np.isfinite(s)
+                        if math.isfinite(s)
                     ],
                 }
             )
         return views
+
+    def _excluded(self, recent: list[tuple[str, ...]]) -> torch.Tensor:
+        """(B, rows) bool: what row b may not recommend: free rows and its recent items."""
+        rows = self.items.rows
+        exclude = (~self.items.alive).expand(len(recent), -1).clone()
+        hidden = [(b, rows[i]) for b, item_ids in enumerate(recent) for i in item_ids if i in rows]
+        if hidden:
+            exclude[tuple(torch.tensor(hidden, device=self.device).T)] = True
+        return exclude
 
     def _record(self, stored: bytes | None) -> UserRecord:
         if stored is None:
