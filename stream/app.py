@@ -33,8 +33,9 @@ from stream.progress import HoleReader, Record, holes
 from stream.records import dead_letter
 from stream.replay import ReplayPlan, stop_when_complete
 from stream.settings import Settings
+from stream.topics import ensure_changelog_topics
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "ensure_changelogs"]
 
 log = logging.getLogger(__name__)
 EXIT_FATAL = 70  # a batch failed for a reason that is not its input: exit before it is acked
@@ -194,8 +195,6 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
         """Micro-batches across users: one batched model step, one record and update per user."""
         async for batch in stream.take_events(settings.batch_size, settings.batch_window):
             await items_ready.wait()
-            for table in (user_states, progress):  # a new changelog may not be known yet
-                await _load_partition_metadata(app, table)
             try:
                 await process(batch)
             except Exception:
@@ -347,6 +346,12 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
     return app
 
 
+def ensure_changelogs(app: faust.App, settings: Settings) -> None:
+    """Create the app's table changelogs before it starts (see ensure_changelog_topics)."""
+    names = [table.changelog_topic.get_topic_name() for table in app.tables.values()]
+    ensure_changelog_topics(settings, names)
+
+
 def _record(event) -> Record:
     message = event.message
     return Record(event.key, event.value, message.partition, message.offset, message.timestamp)
@@ -388,8 +393,6 @@ async def _load_partition_metadata(app: faust.App, table) -> None:
 
     Faust's request router hashes the key with the producer's metadata, which only holds
     topics the producer has written to: a freshly restored worker would fail every routed
-    request; and a table write checks the changelog's partition count, which reads 0 for a
-    changelog Faust created a moment ago. Asking for the partitions is a no-op once they
-    are known.
+    request. Asking for the partitions is a no-op once they are known.
     """
     await app.producer._ensure_producer().partitions_for(table.changelog_topic.get_topic_name())

@@ -67,12 +67,14 @@ def cmd_topics(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     import faust
 
-    from stream.app import create_app
+    from stream.app import create_app, ensure_changelogs
     from stream.topics import ensure_topics
 
     settings = Settings.from_env()
     ensure_topics(settings)
-    worker = faust.Worker(create_app(settings), loglevel=args.loglevel)
+    app = create_app(settings)
+    ensure_changelogs(app, settings)
+    worker = faust.Worker(app, loglevel=args.loglevel)
     worker.execute_from_commandline()
     return 0
 

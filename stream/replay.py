@@ -340,7 +340,7 @@ def run(args: argparse.Namespace) -> int:
     1 when it failed."""
     import faust
 
-    from stream.app import create_app
+    from stream.app import create_app, ensure_changelogs
     from stream.produce import quiet_kafka_logs
 
     quiet_kafka_logs()
@@ -351,6 +351,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(settings, replay=plan)
+    ensure_changelogs(app, settings)
     worker = faust.Worker(app, loglevel="warning", quiet=True)
     try:
         worker.execute_from_commandline()

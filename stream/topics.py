@@ -13,7 +13,7 @@ from kafka.errors import TopicAlreadyExistsError
 
 from stream.settings import Settings
 
-__all__ = ["ensure_topics", "topic_specs"]
+__all__ = ["ensure_changelog_topics", "ensure_topics", "topic_specs"]
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -35,13 +35,28 @@ def topic_specs(settings: Settings) -> dict[str, dict[str, str]]:
 def ensure_topics(settings: Settings, only: list[str] | None = None) -> list[str]:
     """Create missing topics (all of them, or `only` these); return the names created.
     Existing topics are left as they are."""
+    specs = topic_specs(settings)
+    return _ensure(settings, {n: c for n, c in specs.items() if only is None or n in only})
+
+
+def ensure_changelog_topics(settings: Settings, names: list[str]) -> list[str]:
+    """Create a worker's missing table changelogs (compacted) before Faust starts.
+
+    Faust would create them itself, but on a fresh app id it subscribes right after creating
+    them, and a changelog missing from the broker's metadata at that moment is left out of the
+    assignment; its first write then fails with PartitionsMismatch ("... has 0 partitions").
+    """
+    return _ensure(settings, {name: {"cleanup.policy": "compact"} for name in names})
+
+
+def _ensure(settings: Settings, specs: dict[str, dict[str, str]]) -> list[str]:
     admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id="currents-admin")
     try:
         existing = set(admin.list_topics())
         missing = [
             NewTopic(name, settings.partitions, settings.replication_factor, topic_configs=configs)
-            for name, configs in topic_specs(settings).items()
-            if name not in existing and (only is None or name in only)
+            for name, configs in specs.items()
+            if name not in existing
         ]
         if missing:
             try:
