@@ -62,6 +62,13 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
     encoder_thread = ThreadPoolExecutor(1, "currents-encoder")
     repair_thread = ThreadPoolExecutor(1, "currents-repair")  # blocking Kafka reads
     next_offsets: dict[int, int] = {}  # events partition -> next offset to process (lag)
+    # Events partition -> next offset expected, while this worker keeps the partition. The
+    # progress table lags behind it: see confirm_progress.
+    expected_next: dict[int, int] = {}
+    # Events partition -> batches, in order, whose progress waits for Kafka to acknowledge what
+    # they produced: (next offset after the batch, an event of the batch, its sends).
+    unconfirmed: dict[int, list[tuple[int, object, list]]] = {}
+    assignment = [0]  # bumped on every revocation: a batch that straddles one records nothing
 
     app = faust.App(
         settings.app_id,
@@ -81,6 +88,7 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
         # Faust's own /table and /router pages expose raw table contents: off.
         web_tables_enabled=False,
         web_router_enabled=False,
+        Table=_AckedTable,
     )
 
     # Raw bytes everywhere: decoding happens inside the agents, where a bad record can be
@@ -99,21 +107,27 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
         options={"driver": "rocksdict"},
         help="Per user: LSTM + attention state and the events it has applied.",
     )
+    user_states.track_sends()
 
-    # Next events offset to process per partition, beside the states it produced.
+    # Per events partition, the offset below which every event's outputs (user record, update,
+    # dead letter) are acknowledged by Kafka. Written only after those acknowledgements, so
+    # after a crash, whichever of its local or changelog values Faust restores, and whichever
+    # user records its recovery rolls back to their changelog version, no event below it lacks
+    # its effect; everything from it on is processed again (idempotently).
     progress = app.Table(
         f"events-progress-{checkpoint.version}",
         key_type=bytes,  # the partition number, as text
         value_type=bytes,  # the next offset, as text
         options={"driver": "rocksdict"},
-        help="Per events partition: the next offset the states are waiting for.",
+        help="Per events partition: the offset below which all outputs are in Kafka.",
     )
     reader = []  # a HoleReader, made in the repair thread on first use
 
-    async def reject(error: InvalidMessage, topic: str, record: Record) -> None:
+    async def reject(error: InvalidMessage, topic: str, record: Record) -> asyncio.Future:
+        """Dead-letter a record; return the send's future (done once Kafka has the record)."""
         # Faust acks a record even when the body raises: reject it here, explicitly.
         metrics.dead_letters.labels(error.kind.value).inc()
-        await dead_letters.send(
+        return await dead_letters.send(
             key=record.key,
             value=dead_letter(
                 error, record.key, record.value, topic, record.partition, record.offset
@@ -203,6 +217,8 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
                 _exit_fatal("a batch failed; exiting so that it is redelivered")
 
     async def process(batch) -> None:
+        confirm_progress()
+        generation = assignment[0]
         metrics.batch_events.observe(len(batch))
         partitions = {}  # partition -> (an event of it, its records in offset order)
         for event in batch:
@@ -210,19 +226,20 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
             partitions.setdefault(record.partition, (event, []))[1].append(record)
             next_offsets[record.partition] = record.offset + 1
         loop = asyncio.get_running_loop()
-        admitted, next_progress = [], {}
+        admitted, next_expected = [], {}
+        sends = {partition: [] for partition in partitions}  # what each partition produced
         for partition, (context, records) in partitions.items():
-            expected = progress.get(str(partition).encode())
-            if expected is None:
-                expected = await loop.run_in_executor(repair_thread, start_offset, partition)
+            expected = expected_next.get(partition)
+            if expected is None:  # first batch since the partition was assigned
+                expected = await restart_offset(partition, context)
             offsets = [r.offset for r in records]
             end = replay.until.get(partition) if replay and replay.until else None
             if end is not None and offsets[-1] >= end:
                 records = [r for r in records if r.offset < end]  # past the end: not replayed
                 offsets = [*(r.offset for r in records), end]  # ... but all before it is
-            missing, after = holes(int(expected), offsets)
+            missing, after = holes(expected, offsets)
             if end is not None:
-                after = max(int(expected), min(after, end))
+                after = max(expected, min(after, end))
             for start, end in missing:
                 log.warning(
                     "events partition %d: reading skipped offsets %d-%d", partition, start, end - 1
@@ -233,7 +250,7 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
                 metrics.repaired.inc(len(filled))
                 records.extend(filled)
             records.sort(key=lambda r: r.offset)
-            next_progress[partition] = after
+            next_expected[partition] = after
             for record in records:
                 try:
                     admitted.append(
@@ -243,16 +260,87 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
                         )
                     )  # fmt: skip
                 except InvalidMessage as error:
-                    await reject(error, settings.events_topic, record)
+                    sends[partition].append(await reject(error, settings.events_topic, record))
         if admitted:
-            await apply(admitted)
+            await apply(admitted, sends)
+        if assignment[0] != generation:
+            return  # revoked meanwhile: the next owner starts from the progress table
         for partition, (context, _) in partitions.items():
-            with _in_partition_of(context):
-                progress[str(partition).encode()] = str(next_progress[partition]).encode()
+            expected_next[partition] = next_expected[partition]
+            unconfirmed.setdefault(partition, []).append(
+                (next_expected[partition], context, sends[partition])
+            )
         if replay is not None:
-            replay.processed.update(next_progress)
+            replay.processed.update(next_expected)
 
-    async def apply(admitted) -> None:
+    async def restart_offset(partition: int, context) -> int:
+        """Where a newly assigned partition resumes: the progress table, else (never processed
+        by this model version) the group's committed offset, recorded at once as progress."""
+        stored = progress.get(str(partition).encode())
+        if stored is not None:
+            return int(stored)
+        loop = asyncio.get_running_loop()
+        start = await loop.run_in_executor(repair_thread, start_offset, partition)
+        with _in_partition_of(context):
+            progress[str(partition).encode()] = str(start).encode()
+        return start
+
+    def confirm_progress() -> None:
+        """Advance each partition's progress past the batches whose sends Kafka acknowledged.
+
+        Faust writes a table value to RocksDB at once and to its changelog later, and its
+        recovery replays the changelog over newer local values; it also flushes the producer
+        before committing offsets only on a best-effort basis. So neither a locally written
+        progress value nor the committed offset proves a user record is durable. An
+        acknowledged changelog record is: recovery restores that version or a later one.
+        """
+        for partition, waiting in unconfirmed.items():
+            confirmed = None
+            while waiting and all(send.done() for send in waiting[0][2]):
+                confirmed, context, done = waiting.pop(0)
+                for send in done:
+                    if send.cancelled() or send.exception() is not None:
+                        raise RuntimeError(
+                            f"an output of events partition {partition} was not written"
+                        )
+            if confirmed is not None:
+                with _in_partition_of(context):
+                    progress[str(partition).encode()] = str(confirmed).encode()
+
+    @app.timer(1.0)
+    async def confirm_progress_when_idle():
+        try:
+            confirm_progress()  # the last batch before a pause waits for no next batch
+        except Exception:
+            _exit_fatal("an output was not written; exiting so that it is redelivered")
+
+    @app.on_partitions_revoked.connect
+    async def forget_positions(sender, revoked, **kwargs) -> None:
+        # Faust has just flushed the producer: record what it acknowledged. Another worker may
+        # process these partitions now; if they come back, the progress table (restored by
+        # Faust) says where to resume.
+        try:
+            confirm_progress()
+        except Exception:
+            _exit_fatal("an output was not written; exiting so that it is redelivered")
+        assignment[0] += 1
+        for tp in revoked:
+            if tp.topic == settings.events_topic:
+                expected_next.pop(tp.partition, None)
+                unconfirmed.pop(tp.partition, None)
+
+    @app.on_before_shutdown.connect
+    async def confirm_before_shutdown(sender, **kwargs) -> None:
+        # A clean stop should not leave the last batches to be processed again at the next start.
+        sends = [send for waiting in unconfirmed.values() for *_, done in waiting for send in done]
+        try:
+            if sends:
+                await asyncio.wait(sends, timeout=10.0)
+            confirm_progress()
+        except Exception:
+            log.exception("progress of the last batches not recorded; they will be redone")
+
+    async def apply(admitted, sends: dict[int, list]) -> None:
         async with items.lock:
             stored = {i.event.user_id: user_states.get(i.event.user_id.encode()) for i in admitted}
             started = time.perf_counter()
@@ -263,19 +351,19 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
             user = outcome.user_id.encode()
             with _in_partition_of(outcome.last.source):
                 user_states[user] = outcome.record
+            produced = sends[outcome.last.partition]
+            produced += user_states.take_sends()  # the changelog record of this write
             for update in outcome.updates:
-                await publish(user, update)
+                produced.append(await publish(user, update))
             metrics.update_latency.observe(max(0.0, time.time() - outcome.last.appended_at))
             metrics.events.inc(outcome.applied)
         metrics.updates.inc(sum(len(o.updates) for o in outcomes))
 
-    async def publish(user: bytes, update: bytes) -> None:
-        """Straight to the Kafka producer: Faust's per-message channel path costs more than the
-        model step (a replay publishes one update per event). Faust flushes this producer
-        before it commits the batch's offsets, so no update is lost to a crash; one that
-        cannot be delivered stops the worker before that commit."""
-        delivery = await app.producer.send(settings.updates_topic, user, update, None, None, None)
-        delivery.add_done_callback(_check_delivered)
+    async def publish(user: bytes, update: bytes) -> asyncio.Future:
+        """Send an update straight to the Kafka producer: Faust's per-message channel path
+        costs more than the model step (a replay publishes one update per event). Returns the
+        delivery future: progress waits for it (confirm_progress)."""
+        return await app.producer.send(settings.updates_topic, user, update, None, None, None)
 
     # Both run in the repair thread, which owns the (blocking, kafka-python) HoleReader.
     def start_offset(partition: int) -> int:
@@ -357,11 +445,6 @@ def _record(event) -> Record:
     return Record(event.key, event.value, message.partition, message.offset, message.timestamp)
 
 
-def _check_delivered(delivery: asyncio.Future) -> None:
-    if not delivery.cancelled() and delivery.exception() is not None:
-        _exit_fatal(f"an interest update could not be delivered: {delivery.exception()!r}")
-
-
 def _exit_fatal(message: str) -> None:
     """Log the current exception and end the process at once: no ack, no commit, no cleanup
     that could mark unprocessed events as done. The supervisor (systemd, Kubernetes) restarts
@@ -369,6 +452,32 @@ def _exit_fatal(message: str) -> None:
     log.critical(message, exc_info=True)
     logging.shutdown()
     os._exit(EXIT_FATAL)
+
+
+class _AckedTable(faust.Table):
+    """A Faust table that can hand over the futures of its changelog sends (when tracking).
+
+    A future is done once Kafka has acknowledged the changelog record; only then is the write
+    safe from a crash (see `confirm_progress` in create_app).
+    """
+
+    _sends: list | None = None
+
+    def track_sends(self) -> None:
+        self._sends = []
+
+    def take_sends(self) -> list:
+        """The futures of the changelog records sent since the last call."""
+        sends = self._sends or []
+        if self._sends is not None:
+            self._sends = []
+        return sends
+
+    def send_changelog(self, *args, **kwargs):
+        future = super().send_changelog(*args, **kwargs)
+        if self._sends is not None:
+            self._sends.append(future)
+        return future
 
 
 @contextmanager
