@@ -83,6 +83,9 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_enabled=replay is None,  # a replay is driven from its command line
+        # A replay publishes one update per event: fewer, larger produce requests.
+        producer_linger=0.01 if replay else 0.0,
+        producer_max_batch_size=(1 << 18) if replay else 16384,
         web_bind=settings.web_bind,
         canonical_url=f"http://{settings.web_host}:{settings.web_port}",
         # Faust's own /table and /router pages expose raw table contents: off.

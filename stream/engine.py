@@ -304,11 +304,11 @@ class Engine:
 
     def _excluded(self, recent: list[tuple[str, ...]]) -> torch.Tensor:
         """(B, rows) bool: what row b may not recommend: free rows and its recent items."""
-        rows = self.items.rows
+        rows, width = self.items.rows, len(self.items.alive)
         exclude = (~self.items.alive).expand(len(recent), -1).clone()
-        hidden = [(b, rows[i]) for b, item_ids in enumerate(recent) for i in item_ids if i in rows]
-        if hidden:
-            exclude[tuple(torch.tensor(hidden, device=self.device).T)] = True
+        hidden = [b * width + rows[i] for b, ids in enumerate(recent) for i in ids if i in rows]
+        if hidden:  # one scatter for the whole batch
+            exclude.view(-1)[torch.from_numpy(np.array(hidden)).to(self.device)] = True
         return exclude
 
     def _record(self, stored: bytes | None) -> UserRecord:
