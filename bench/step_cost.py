@@ -1,5 +1,7 @@
-"""Per-event cost: one streaming `step` of the interest model against SASRec re-running its
-forward pass over each user's history, on CPU, for a batch of users.
+"""Per-event cost on CPU: a streaming `step` of the interest model against a SASRec forward.
+
+One `step` (one event per user row) against SASRec re-running its forward pass over each user's
+whole history, for a batch of users.
 
     python bench/step_cost.py [--batch 256] [--lengths 50 200 1000] [--json out.json]
 
@@ -94,8 +96,10 @@ def main() -> int:
     p.add_argument("--window", type=int, default=ModelConfig().window, help="our attention window")
     p.add_argument("--n-items", type=int, default=1682, help="item vocabulary of SASRec (1682)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (2)")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=5, help="untimed calls first (5; SASRec: half)")
+    p.add_argument(
+        "--repeats", type=int, default=20, help="timed calls, median kept (20; SASRec: a quarter)"
+    )
     p.add_argument("--json", default=None, help="write results to this file")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
