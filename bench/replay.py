@@ -4,9 +4,10 @@
 
 The ml-100k ratings go into a fresh topic in timestamp order. (a) A live worker (batches of
 256) works through them as a backlog; (b) `currents replay` (batches of 1024, one update per
-event with its prequential rank) re-scores the same topic from the beginning. Both rates come
-from the Kafka timestamps of their first and last outputs, read after the run, so measuring
-costs the run nothing. The replay's wall time includes its start. The report (JSON + PNG)
+event with its prequential rank) re-scores the same topic from the beginning, and (c) so does
+`currents replay --coalesce` (one update per user and batch, as live, each event ranked). The
+rates come from the Kafka timestamps of the first and last outputs, read after the run, so
+measuring costs the run nothing. Wall times include each replay's start. The report (JSON + PNG)
 goes to --report; with a checkpoint trained `--before` some time, the weeks after it are
 history the model never saw.
 """
@@ -79,37 +80,59 @@ def main() -> None:
             terminate(worker)
         print(f"(a) live: {live_rate:.0f} events/s", flush=True)
 
-        started = time.monotonic()
-        command = [
-            sys.executable, "-m", "stream", "replay", "--checkpoint", str(args.checkpoint),
-            "--name", "bench", "--report", str(args.report), "--window", args.window,
-        ]  # fmt: skip
         env = {**os.environ, **settings.to_env()}
         env.pop("KAFKA_BOOTSTRAP", None)
-        replay = subprocess.run(command, env=env, cwd=work, capture_output=True, text=True)
-        wall = time.monotonic() - started
-        if replay.returncode != 0:
-            raise SystemExit(f"replay failed:\n{replay.stdout}\n{replay.stderr}")
-        done, replay_rate = rate_of(bootstrap, "currents.replay.bench.updates", lambda r: 1)
-        print(f"(b) replay: {replay_rate:.0f} events/s ({done} updates; {wall:.0f} s wall)")
+        replays = {}
+        for label, name, options in (
+            ("(b) replay", "bench", ["--report", str(args.report), "--window", args.window]),
+            ("(c) replay --coalesce", "bench-coalesced", ["--coalesce"]),
+        ):
+            replays[name] = run_replay(args.checkpoint, name, options, env, work, bootstrap)
+            done, rate, wall = replays[name]
+            print(f"{label}: {rate:.0f} events/s ({done} updates; {wall:.0f} s wall)", flush=True)
         report = json.loads((args.report / "report.json").read_text())
         result = next(iter(report["topics"].values()))
         print(f"    prequential HR@10 {result['hr@10']:.4f}, NDCG@10 {result['ndcg@10']:.4f}")
         results = {
             "machine": machine(), "git": git_sha(), "events": len(events),
             "partitions": args.partitions, "checkpoint": str(args.checkpoint),
-            "live_events_per_s": live_rate, "replay_events_per_s": replay_rate,
-            "replay_vs_live": replay_rate / live_rate, "replay_wall_s": wall,
+            "live_events_per_s": live_rate,
+            "replay_events_per_s": replays["bench"][1],
+            "replay_vs_live": replays["bench"][1] / live_rate,
+            "replay_updates": replays["bench"][0],
+            "replay_wall_s": replays["bench"][2],
+            "coalesced_replay_events_per_s": replays["bench-coalesced"][1],
+            "coalesced_replay_vs_live": replays["bench-coalesced"][1] / live_rate,
+            "coalesced_replay_updates": replays["bench-coalesced"][0],
+            "coalesced_replay_wall_s": replays["bench-coalesced"][2],
             "prequential": {k: result[k] for k in ("events", "scored", "hr@10", "ndcg@10")},
             "first_event": events[0].timestamp.isoformat(),
             "last_event": events[-1].timestamp.isoformat(),
         }  # fmt: skip
-        print(f"    replay / live: {results['replay_vs_live']:.2f}")
+        print(
+            f"    replay / live: {results['replay_vs_live']:.2f} (one update per event), "
+            f"{results['coalesced_replay_vs_live']:.2f} (--coalesce)"
+        )
         if args.json:
             args.json.write_text(json.dumps(results, indent=2) + "\n")
     finally:
         if kafka is not None:
             kafka.stop()
+
+
+def run_replay(checkpoint: Path, name: str, options: list[str], env, work: Path, bootstrap: str):
+    """`currents replay` from the beginning; (its updates, events/s, wall seconds)."""
+    started = time.monotonic()
+    command = [
+        sys.executable, "-m", "stream", "replay", "--checkpoint", str(checkpoint),
+        "--name", name, *options,
+    ]  # fmt: skip
+    replay = subprocess.run(command, env=env, cwd=work, capture_output=True, text=True)
+    wall = time.monotonic() - started
+    if replay.returncode != 0:
+        raise SystemExit(f"replay failed:\n{replay.stdout}\n{replay.stderr}")
+    updates, _, rate = rate_of(bootstrap, f"currents.replay.{name}.updates")
+    return updates, rate, wall
 
 
 def wait_and_rate(settings: Settings, total: int, worker, timeout=1800.0) -> float:
@@ -119,7 +142,7 @@ def wait_and_rate(settings: Settings, total: int, worker, timeout=1800.0) -> flo
     while time.monotonic() < deadline and worker.poll() is None:
         time.sleep(2)
         if events_applied(settings) >= total:
-            return rate_of(settings.bootstrap, settings.updates_topic, covered)[1]
+            return rate_of(settings.bootstrap, settings.updates_topic)[2]
     raise TimeoutError(f"the live worker did not apply all {total} events")
 
 
@@ -132,26 +155,24 @@ def events_applied(settings: Settings) -> float:
     return 0.0
 
 
-def covered(record) -> int:
-    return len(json.loads(record.value)["events"])
-
-
-def rate_of(bootstrap: str, topic: str, weight) -> tuple[int, float]:
-    """(events covered, events/s between the first and last output's Kafka timestamps)."""
+def rate_of(bootstrap: str, topic: str) -> tuple[int, int, float]:
+    """(updates, events they cover, events/s between the first and last update's Kafka
+    timestamps)."""
     consumer = KafkaConsumer(
         topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
         enable_auto_commit=False, consumer_timeout_ms=2000,
     )  # fmt: skip
     first = last = None
-    done = 0
+    updates = events = 0
     for record in consumer:
         first = record.timestamp if first is None else min(first, record.timestamp)
         last = record.timestamp if last is None else max(last, record.timestamp)
-        done += weight(record)
+        updates += 1
+        events += len(json.loads(record.value)["events"])
     consumer.close()
     if first is None:
-        return 0, 0.0
-    return done, done / max((last - first) / 1000, 1e-3)
+        return 0, 0, 0.0
+    return updates, events, events / max((last - first) / 1000, 1e-3)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from stream.replay import ReplayPlan, stop_when_complete
 from stream.settings import Settings
 from stream.topics import ensure_changelog_topics
 
-__all__ = ["create_app", "ensure_changelogs"]
+__all__ = ["create_app", "create_worker"]
 
 log = logging.getLogger(__name__)
 EXIT_FATAL = 70  # a batch failed for a reason that is not its input: exit before it is acked
@@ -43,7 +43,7 @@ EXIT_FATAL = 70  # a batch failed for a reason that is not its input: exit befor
 
 def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.App:
     """The live worker's app; with `replay`, the same app bounded to a range of the events
-    topic, publishing one update per event with its prequential rank (stream/replay.py)."""
+    topic, putting each event's prequential rank on its update (stream/replay.py)."""
     if settings.checkpoint is None:
         raise ValueError("no model checkpoint: set CURRENTS_CHECKPOINT (see `currents train`)")
     checkpoint = load_checkpoint(settings.checkpoint, settings.device)
@@ -53,7 +53,7 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
     )  # fmt: skip
     engine = Engine(
         checkpoint, items, settings.top_n, settings.top_categories,
-        per_event=replay is not None, prequential=replay is not None,
+        per_event=replay is not None and replay.per_event, prequential=replay is not None,
     )  # fmt: skip
     metrics = Metrics()
     items_loaded = asyncio.Event()  # the item vectors present at start are in the matrix
@@ -437,10 +437,18 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
     return app
 
 
-def ensure_changelogs(app: faust.App, settings: Settings) -> None:
-    """Create the app's table changelogs before it starts (see ensure_changelog_topics)."""
+def create_worker(
+    app: faust.App, settings: Settings, loglevel: str, quiet: bool = False
+) -> faust.Worker:
+    """A Faust worker for `app`, with the app's table changelogs created first (see
+    ensure_changelog_topics), and without Faust's terminal spinner: to spin on every log line,
+    it sets the root logger to DEBUG, and every library then formats every debug line (aiokafka
+    one per message produced), 4-6 % of a busy worker's time."""
     names = [table.changelog_topic.get_topic_name() for table in app.tables.values()]
     ensure_changelog_topics(settings, names)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=quiet)
+    worker.spinner = None
+    return worker
 
 
 def _record(event) -> Record:

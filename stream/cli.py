@@ -65,17 +65,12 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    import faust
-
-    from stream.app import create_app, ensure_changelogs
+    from stream.app import create_app, create_worker
     from stream.topics import ensure_topics
 
     settings = Settings.from_env()
     ensure_topics(settings)
-    app = create_app(settings)
-    ensure_changelogs(app, settings)
-    worker = faust.Worker(app, loglevel=args.loglevel)
-    worker.execute_from_commandline()
+    create_worker(create_app(settings), settings, args.loglevel).execute_from_commandline()
     return 0
 
 

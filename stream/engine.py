@@ -154,14 +154,15 @@ class Engine:
                 seen_before.append(recent)
                 recent = (*recent, incoming.event.item_id)[-RECENT:]
                 seen_after.append(recent)
-        ranks = [None] * len(events)
+        ranks: dict[int, int] = {}  # id(incoming) -> its prequential rank
         if self.prequential and events:
             firsts, start = set(), 0
             for row, user in enumerate(stepped):
                 if first_seen[row]:
                     firsts.add(start)  # no recommendations before a user's first event
                 start += len(fresh[user])
-            ranks = self._ranks(out.prev_interest, events, seen_before, firsts)
+            ranked = self._ranks(out.prev_interest, events, seen_before, firsts)
+            ranks = {id(i): r for i, r in zip(events, ranked, strict=True) if r is not None}
 
         new_records = []
         last = -1
@@ -199,20 +200,18 @@ class Engine:
             ]
             recent = [r.recent_items for r in new_records]
             positions = [(r.partition, r.offset) for r in new_records]
-            ranks = [None] * len(stepped)
         interest = torch.cat([interest, kept.interest])
         prev = torch.cat([prev, self._prev([records[u].prev_interest for u in republished])])
         covered += [sorted(redelivered[u], key=lambda i: i.offset) for u in republished]
         recent += [records[u].recent_items for u in republished]
-        ranks += [None] * len(republished)
         # the update id names the last event the view includes: a re-published update keeps it
         positions += [(records[u].partition, records[u].offset) for u in republished]
         views = self._views(interest, prev, recent)
 
         updates: dict[str, list[bytes]] = {}
         now = time.time()
-        for view, events_covered, rank, (partition, offset) in zip(
-            views, covered, ranks, positions, strict=True
+        for view, events_covered, (partition, offset) in zip(
+            views, covered, positions, strict=True
         ):
             last_event = events_covered[-1]
             user = last_event.event.user_id
@@ -221,12 +220,10 @@ class Engine:
                 "update_id": f"{self.checkpoint.version}:{user}:{partition}:{offset}",
                 "user_id": user,
                 "model_version": self.checkpoint.version,
-                "events": [_event_ref(i) for i in events_covered],
+                "events": [_event_ref(i, ranks.get(id(i))) for i in events_covered],
                 **view,
                 "latency_ms": max(0.0, (now - last_event.appended_at) * 1000),
             }
-            if rank is not None:
-                update["events"][-1]["rank"] = rank
             updates.setdefault(user, []).append(json.dumps(update).encode())
 
         outcomes = []
@@ -342,12 +339,15 @@ class Engine:
         return torch.from_numpy(np.stack(rows) if rows else np.zeros((0, d), "<f4")).to(self.device)
 
 
-def _event_ref(incoming: Incoming) -> dict:
+def _event_ref(incoming: Incoming, rank: int | None) -> dict:
     event = incoming.event
-    return {
+    ref = {
         "event_id": event.event_id,
         "event_type": event.event_type.value,
         "timestamp": event.timestamp.isoformat(),
         "partition": incoming.partition,
         "offset": incoming.offset,
     }
+    if rank is not None:
+        ref["rank"] = rank
+    return ref

@@ -6,8 +6,9 @@ its own data directory. It reads the live events and item-vectors topics and wri
 live workers read. Differences from a live worker: it starts at `--from` (a new namespace
 only; an existing one resumes where it stopped), stops by itself at `--until` (unless
 `--follow`), publishes one update per event (so its outputs do not depend on how batches
-formed), and puts on each event the rank its item had in the user's ranking just before it:
-the prequential check that `currents report` turns into quality over time.
+formed; `--coalesce` publishes one per user and batch, as live workers do), and puts on each
+event the rank its item had in the user's ranking just before it: the prequential check that
+`currents report` turns into quality over time.
 
 Everything that can be checked is checked before any work starts: the topic, the positions,
 the checkpoint against the item catalog. Interrupt with Ctrl-C; the same command resumes.
@@ -48,6 +49,7 @@ class ReplayPlan:
     start: dict[int, int]  # partition -> first offset to process
     until: dict[int, int] | None  # partition -> end offset (exclusive); None = follow forever
     resumed: bool = False  # the namespace had committed offsets: --from was not applied
+    per_event: bool = True  # one update per event; False (--coalesce): per user and batch
     processed: dict[int, int] = field(default_factory=dict)  # partition -> next offset, live
     finished: bool = False
     started_at: float = field(default_factory=time.monotonic)
@@ -274,6 +276,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-size", type=int, default=1024, help="events per model step (default 1024)"
     )
     parser.add_argument(
+        "--coalesce",
+        action="store_true",
+        help="one update per user and batch, as live workers publish, instead of one per event: "
+        "faster, to catch a new version up; which events share an update then depends on "
+        "batching (states, the events covered and their ranks do not)",
+    )
+    parser.add_argument(
         "--report", type=Path, metavar="DIR", help="at the end, write the prequential report"
     )
     parser.add_argument(
@@ -321,6 +330,7 @@ def prepare(args: argparse.Namespace) -> tuple[Settings, ReplayPlan]:
         settings.bootstrap, settings.events_topic, args.start,
         None if args.follow else args.until, settings.app_id,
     )  # fmt: skip
+    plan.per_event = not args.coalesce
     items = check_catalog(settings.bootstrap, settings.item_vectors_topic, checkpoint)
     ensure_topics(settings, only=[settings.updates_topic, settings.dead_letter_topic])
     if not plan.resumed:
@@ -338,9 +348,7 @@ def prepare(args: argparse.Namespace) -> tuple[Settings, ReplayPlan]:
 def run(args: argparse.Namespace) -> int:
     """0 when the replay reached its end, 2 when it could not start, 130 when interrupted,
     1 when it failed."""
-    import faust
-
-    from stream.app import create_app, ensure_changelogs
+    from stream.app import create_app, create_worker
     from stream.produce import quiet_kafka_logs
 
     quiet_kafka_logs()
@@ -351,8 +359,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = create_app(settings, replay=plan)
-    ensure_changelogs(app, settings)
-    worker = faust.Worker(app, loglevel="warning", quiet=True)
+    worker = create_worker(app, settings, "warning", quiet=True)
     try:
         worker.execute_from_commandline()
     except SystemExit as exit:

@@ -154,6 +154,16 @@ def test_replay_beside_a_live_worker(engine_settings, start_worker, catalog, tmp
     assert result["scored"] == EVENTS - len(users)  # every event but each user's first
     assert (tmp_path / "report" / "report.png").stat().st_size > 10_000
 
+    # --coalesce: one update per user and batch, as live; the same events, ranks and views.
+    coalesced = run_replay(live, "--name", "d", "--coalesce", tmp_path=tmp_path)
+    assert coalesced.returncode == 0, coalesced.stdout + coalesced.stderr
+    d = read_updates(live.bootstrap, "currents.replay.d.updates")
+    refs = {ref["event_id"]: ref for update in d.values() for ref in update["events"]}
+    assert len(d) < EVENTS and len(refs) == sum(len(u["events"]) for u in d.values()) == EVENTS
+    assert refs == {event_id: update["events"][0] for event_id, update in replayed.items()}
+    for update in d.values():
+        assert_same_update(update, replayed[update["events"][-1]["event_id"]], shift=False)
+
     # Interrupted (Ctrl-C) and resumed: the same outputs and states as the uninterrupted run.
     replay = subprocess.Popen(
         replay_command(live, "--name", "c", "--batch-size", "8", tmp_path=tmp_path),

@@ -182,6 +182,20 @@ def test_prequential_rank_is_the_items_place_in_the_ranking_just_before_the_even
         assert rank == len(ahead) + 1
 
 
+def test_coalesced_prequential_updates_rank_every_event_they_cover(engine):
+    # `currents replay --coalesce`: one update per user and batch, each covered event ranked
+    stream = stream_of(users=5, events=40)
+    _, per_event = run(replay_engine(engine), stream, 16)
+    coalesced = Engine(engine.checkpoint, engine.items, top_n=5, top_categories=3, prequential=True)
+    _, updates = run(coalesced, stream, 16)
+    assert len(updates) < len(stream)
+    refs = [ref for update in updates for ref in update.events]
+    assert sorted(r.event_id for r in refs) == sorted(e.event_id for e, _, _ in stream)
+    assert {r.event_id: r.rank for r in refs} == {
+        u.events[0].event_id: u.events[0].rank for u in per_event
+    }
+
+
 def test_redelivered_events_are_not_applied_twice_but_republished_identically(engine):
     stream = stream_of(users=4, events=20)
     stored, updates = run(engine, stream, 5)
