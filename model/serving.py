@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from model.interest import InterestModel, StepOutput
@@ -65,12 +64,20 @@ def step_events(
     out, (h, c) = model.lstm(packed, (old.h.unsqueeze(0), old.c.unsqueeze(0)))
     hs, _ = pad_packed_sequence(out, batch_first=True, total_length=T)  # (A, T, d)
 
-    # window of event t = the K hidden states ending at it: old ring, then this batch's
+    # Everything after the LSTM runs on the E events only, not on the (A, T) padded grid: with
+    # bursty users, one long run in a batch makes the grid several times larger than E.
+    index = torch.full((len(rows), T), -1, dtype=torch.long, device=device)  # (A, T) -> event
+    index[a, pos] = torch.arange(E, device=device)
+    h_events = hs[a, pos]  # (E, d)
+    # window of event e = the K hidden states ending at it: old ring, then this batch's
     seq = torch.cat([old.ring, hs], dim=1)  # (A, K+T, d)
-    kv = model.attn.kv(seq).unfold(1, K, 1).transpose(-1, -2)[:, 1:]  # (A, T, K, 2d)
-    seen = (old.count.unsqueeze(1) + torch.arange(1, T + 1, device=device)).clamp(max=K)
-    valid = torch.arange(K, device=device) >= K - seen.unsqueeze(-1)  # (A, T, K)
-    interest = model._interest(hs, model.attn(hs, kv, valid))  # (A, T, d)
+    kv = seq.new_zeros(len(rows), K + T, 2 * d)
+    kv[:, :K] = model.attn.kv(old.ring)
+    kv[a, K + pos] = model.attn.kv(h_events)
+    window = (pos + 1).unsqueeze(1) + torch.arange(K, device=device)  # (E, K) positions in seq
+    seen = (old.count[a] + pos + 1).clamp(max=K)  # (E,) states that exist in each window
+    valid = torch.arange(K, device=device) >= K - seen.unsqueeze(-1)  # (E, K)
+    interest = model._interest(h_events, model.attn(h_events, kv[a.unsqueeze(1), window], valid))
 
     last = n - 1  # (A,)
     at = torch.arange(len(rows), device=device)
@@ -78,8 +85,9 @@ def step_events(
     ring = seq[at.unsqueeze(1), n.unsqueeze(1) + torch.arange(K, device=device)]  # (A, K, d)
     new.assign(
         rows,
-        UserState(h[0], c[0], ring, ts[at, last], old.count + n, interest[at, last]),
+        UserState(h[0], c[0], ring, ts[at, last], old.count + n, interest[index[at, last]]),
     )
-    before = F.pad(interest, (0, 0, 1, 0))[:, :-1]  # (A, T, d): interest before each event
-    before[:, 0] = old.interest
-    return new, StepOutput(interest=interest[a, pos], prev_interest=before[a, pos])
+    # interest before each event: the user's previous event's, or the stored one for the first
+    previous = index[a, (pos - 1).clamp(min=0)]
+    before = torch.where((pos == 0).unsqueeze(1), old.interest[a], interest[previous])
+    return new, StepOutput(interest=interest, prev_interest=before)
