@@ -279,8 +279,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--coalesce",
         action="store_true",
         help="one update per user and batch, as live workers publish, instead of one per event: "
-        "faster, to catch a new version up; which events share an update then depends on "
-        "batching (states, the events covered and their ranks do not)",
+        "fewer messages, to catch a new version up; which events share an update then depends "
+        "on batching (states, the events covered and their ranks do not)",
     )
     parser.add_argument(
         "--report", type=Path, metavar="DIR", help="at the end, write the prequential report"
