@@ -97,18 +97,16 @@ def main() -> None:
             "machine": machine(), "git": git_sha(), "events": len(events),
             "partitions": args.partitions, "checkpoint": str(args.checkpoint),
             "live_events_per_s": live_rate,
-            "replay_events_per_s": replays["bench"][1],
-            "replay_vs_live": replays["bench"][1] / live_rate,
-            "replay_updates": replays["bench"][0],
-            "replay_wall_s": replays["bench"][2],
-            "coalesced_replay_events_per_s": replays["bench-coalesced"][1],
-            "coalesced_replay_vs_live": replays["bench-coalesced"][1] / live_rate,
-            "coalesced_replay_updates": replays["bench-coalesced"][0],
-            "coalesced_replay_wall_s": replays["bench-coalesced"][2],
             "prequential": {k: result[k] for k in ("events", "scored", "hr@10", "ndcg@10")},
             "first_event": events[0].timestamp.isoformat(),
             "last_event": events[-1].timestamp.isoformat(),
         }  # fmt: skip
+        for prefix, name in (("replay", "bench"), ("coalesced_replay", "bench-coalesced")):
+            updates, rate, wall = replays[name]
+            results[f"{prefix}_events_per_s"] = rate
+            results[f"{prefix}_vs_live"] = rate / live_rate
+            results[f"{prefix}_updates"] = updates
+            results[f"{prefix}_wall_s"] = wall
         print(
             f"    replay / live: {results['replay_vs_live']:.2f} (one update per event), "
             f"{results['coalesced_replay_vs_live']:.2f} (--coalesce)"

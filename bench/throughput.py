@@ -93,11 +93,11 @@ def main() -> None:
         results["latency"] = []
         for target in (rate / 2, results["passthrough_events_per_s"] / 2):
             stream = live[: int(target * args.latency_seconds)]
-            for name in ("engine", "passthrough"):
-                if name == "engine":
-                    p50, p99, count = engine_latency(settings, work, stream, target)
-                else:
-                    p50, p99, count = passthrough_latency(bootstrap, work, stream, target)
+            for name, measure, where in (
+                ("engine", engine_latency, settings),
+                ("passthrough", passthrough_latency, bootstrap),
+            ):
+                p50, p99, count = measure(where, work, stream, target)
                 results["latency"].append(
                     {"of": name, "rate": target, "events": count, "p50_ms": p50, "p99_ms": p99}
                 )

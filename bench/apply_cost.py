@@ -1,0 +1,106 @@
+"""In-process cost of `Engine.apply` per event, on ml-100k in time order, without Kafka.
+
+    python bench/apply_cost.py [--data ../shared/data/ml-100k] [--events 6144] [--threads 1]
+
+Batches are consecutive events of one events partition (users hashed to 8 partitions), as a
+worker working through a backlog sees them; ml-100k users rate in bursts, so one user often
+has a long run in a batch. For batch sizes 256 and 1024 it reports the padded user-by-run grid
+against the events (what `step_events` would compute if it ran on the grid) and the cost per
+event of the three engine modes: live (one update per user and batch), coalesced (the same,
+with prequential ranks: `currents replay --coalesce`) and per-event (`currents replay`).
+Weights are untrained, item text vectors random: cost does not depend on them.
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+import zlib
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from model.config import ModelConfig  # noqa: E402
+from model.data import load_movielens  # noqa: E402
+from model.interest import InterestModel  # noqa: E402
+from stream.engine import Engine  # noqa: E402
+from stream.items import ItemMatrix, ItemVector  # noqa: E402
+from stream.produce import to_behavior_event  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MODES = {
+    "live": {},
+    "coalesced": {"prequential": True},
+    "per-event": {"per_event": True, "prequential": True},
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default=str(ROOT.parent / "shared/data/ml-100k"))
+    parser.add_argument("--events", type=int, default=6144, help="events of the partition used")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    events, items = load_movielens(args.data)
+    events = [to_behavior_event(e) for e in sorted(events, key=lambda e: e.timestamp)]
+    stream = [e for e in events if zlib.crc32(e.user_id.encode()) % 8 == 0][: args.events]
+    engine_of = engines(list(items.values()))
+    for size in (256, 1024):
+        batches = [stream[i : i + size] for i in range(0, len(stream), size)]
+        grid = sum(
+            len(c) * max(c.values()) for c in (Counter(e.user_id for e in b) for b in batches)
+        )
+        line = f"batch {size}: padded grid {grid / len(stream):.1f}x the events;"
+        for mode, engine in engine_of.items():
+            line += f" {mode} {cost_per_event(engine, batches) * 1e6:.0f} us/event,"
+        print(line.rstrip(","), flush=True)
+
+
+def engines(catalog) -> dict[str, Engine]:
+    rng = np.random.default_rng(0)
+    path = Path(tempfile.mkdtemp(prefix="currents-apply-")) / "model.pt"
+    index = {item.item_id: n + 1 for n, item in enumerate(catalog)}
+    save_checkpoint(path, InterestModel(ModelConfig(n_items=len(index) + 1)).eval(), index, [], "x")
+    checkpoint = load_checkpoint(path)
+    matrix = ItemMatrix(checkpoint.model.item_representations, checkpoint.item_index, "x")
+    matrix.upsert(
+        [
+            ItemVector(
+                item.item_id,
+                rng.normal(size=384).astype("f4"),
+                bytes(32),
+                "x",
+                item.title,
+                item.categories,
+            )  # fmt: skip
+            for item in catalog
+        ]
+    )
+    return {mode: Engine(checkpoint, matrix, **options) for mode, options in MODES.items()}
+
+
+def cost_per_event(engine: Engine, batches) -> float:
+    """Seconds per event of `engine.apply` over `batches`, states carried between them."""
+    stored, spent, offset = {}, 0.0, 0
+    for batch in batches:
+        admitted = []
+        for event in batch:
+            value = event.model_dump_json().encode()
+            admitted.append(engine.admit(event.user_id.encode(), value, 0, offset, time.time()))
+            offset += 1
+        started = time.perf_counter()
+        outcomes = engine.apply(stored, admitted)
+        spent += time.perf_counter() - started
+        stored.update((o.user_id, o.record) for o in outcomes)
+    return spent / offset
+
+
+if __name__ == "__main__":
+    main()
