@@ -12,6 +12,7 @@ Without --checkpoint the model is untrained but of the default size: same cost p
 """
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -22,7 +23,8 @@ import time
 from pathlib import Path
 
 import torch
-from kafka import KafkaConsumer, KafkaProducer
+from aiokafka import AIOKafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from model.checkpoint import save_checkpoint
 from model.config import ModelConfig
@@ -31,7 +33,7 @@ from model.encoder import default_encoder
 from model.interest import InterestModel
 from stream.local_kafka import LocalKafka, free_port
 from stream.processes import get_json, spawn_worker, terminate, wait_for
-from stream.produce import paced, to_behavior_event, to_item_upsert
+from stream.produce import to_behavior_event, to_item_upsert
 from stream.settings import Settings
 from stream.topics import ensure_topics
 
@@ -51,7 +53,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="currents-bench-"))
     events, items = load_movielens(args.data)
-    events = [to_behavior_event(e) for e in events]
+    events = sorted((to_behavior_event(e) for e in events), key=lambda e: e.timestamp)
     catalog = [to_item_upsert(i) for i in items.values()]
     backlog, live = events[: args.events], events[args.events :]
     checkpoint = args.checkpoint or untrained_checkpoint(work / "model.pt", catalog)
@@ -198,34 +200,59 @@ def engine_rate(settings: Settings, work: Path, catalog, backlog, profile: bool)
 
 def latency(bootstrap: str, source: str, sink: str, stream, rate: float, covered):
     """Per-event produce -> output latency, from Kafka timestamps on both sides: the event's
-    own, and that of the first output record that covers it (`covered(record)`: event ids)."""
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=0)
-    sent = {}
+    own (set when the load generator sends it), and that of the first output record that covers
+    it (`covered(record)`: event ids). The outputs are read afterwards, from the sink's end
+    offsets taken before: while the worker is measured, only the load generator runs beside it."""
+    start = end_offsets(bootstrap, sink)
+    sent = asyncio.run(send_paced(bootstrap, source, stream, rate))
     consumer = KafkaConsumer(
-        sink, bootstrap_servers=bootstrap, auto_offset_reset="latest",
-        enable_auto_commit=False, consumer_timeout_ms=200,
-    )  # fmt: skip
-    consumer.poll(timeout_ms=1000)  # join: from here on, the outputs of this phase
+        bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=1000
+    )
+    consumer.assign(list(start))
+    for partition, offset in start.items():
+        consumer.seek(partition, offset)
+    latencies = {}
+    deadline = time.monotonic() + 60
     try:
-        for event in paced(stream, rate):
-            future = producer.send(
-                source, key=event.user_id.encode(), value=event.model_dump_json().encode()
-            )
-            future.add_callback(lambda m, e=event.event_id: sent.__setitem__(e, m.timestamp))
-        producer.flush()
-        latencies = {}
-        deadline = time.monotonic() + 60
-        while len(latencies) < len(stream) and time.monotonic() < deadline:
+        while len(latencies) < len(sent) and time.monotonic() < deadline:
             for record in consumer:
                 for event_id in covered(record):
                     if event_id in sent and event_id not in latencies:
                         latencies[event_id] = record.timestamp - sent[event_id]
     finally:
         consumer.close()
-        producer.close()
     ordered = sorted(latencies.values())
     pick = lambda q: float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])  # noqa: E731
     return pick(0.50), pick(0.99), len(ordered)
+
+
+async def send_paced(bootstrap: str, topic: str, stream, rate: float) -> dict[str, int]:
+    """Send `stream` at `rate`; event id -> Kafka timestamp (ms). aiokafka, not kafka-python:
+    kafka-python's producer costs about 1 ms of CPU per record at these rates, most of a core
+    of the two the worker runs on."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=0)
+    await producer.start()
+    try:
+        deliveries, started = [], time.monotonic()
+        for index, event in enumerate(stream):
+            delay = started + index / rate - time.monotonic()
+            if delay > 0.001:
+                await asyncio.sleep(delay)
+            value = event.model_dump_json().encode()
+            delivery = await producer.send(topic, key=event.user_id.encode(), value=value)
+            deliveries.append((event.event_id, delivery))
+        return {event_id: (await delivery).timestamp for event_id, delivery in deliveries}
+    finally:
+        await producer.stop()
+
+
+def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        return consumer.end_offsets(partitions)
+    finally:
+        consumer.close()
 
 
 def engine_latency(settings: Settings, work: Path, stream, rate: float):

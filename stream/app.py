@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 import faust
 import faust.streams
+import torch
 from tqdm import tqdm
 
 from model.checkpoint import load_checkpoint
@@ -46,6 +47,7 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
     topic, putting each event's prequential rank on its update (stream/replay.py)."""
     if settings.checkpoint is None:
         raise ValueError("no model checkpoint: set CURRENTS_CHECKPOINT (see `currents train`)")
+    torch.set_num_threads(settings.torch_threads)
     checkpoint = load_checkpoint(settings.checkpoint, settings.device)
     items = ItemMatrix(
         checkpoint.model.item_representations, checkpoint.item_index,
@@ -58,7 +60,9 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
     metrics = Metrics()
     items_loaded = asyncio.Event()  # the item vectors present at start are in the matrix
     items_ready = asyncio.Event()  # ... and so is the catalog backlog present at start
-    model_thread = ThreadPoolExecutor(1, "currents-model")  # torch runs off the event loop
+    # A GPU steps while the event loop goes on reading events; on CPU a second thread would only
+    # contend with the loop for the GIL (docs/benchmarks.md), so the step runs on the loop.
+    model_thread = ThreadPoolExecutor(1, "currents-model") if settings.device != "cpu" else None
     encoder_thread = ThreadPoolExecutor(1, "currents-encoder")
     repair_thread = ThreadPoolExecutor(1, "currents-repair")  # blocking Kafka reads
     next_offsets: dict[int, int] = {}  # events partition -> next offset to process (lag)
@@ -347,8 +351,11 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
         async with items.lock:
             stored = {i.event.user_id: user_states.get(i.event.user_id.encode()) for i in admitted}
             started = time.perf_counter()
-            loop = asyncio.get_running_loop()
-            outcomes = await loop.run_in_executor(model_thread, engine.apply, stored, admitted)
+            if model_thread is None:
+                outcomes = engine.apply(stored, admitted)
+            else:
+                loop = asyncio.get_running_loop()
+                outcomes = await loop.run_in_executor(model_thread, engine.apply, stored, admitted)
             metrics.step_seconds.observe(time.perf_counter() - started)
         for outcome in outcomes:
             user = outcome.user_id.encode()

@@ -43,6 +43,12 @@ class Settings(BaseModel):
         default=None, description="Model checkpoint (`currents train`); required by workers."
     )
     device: str = Field(default="cpu", description="Torch device for inference: cpu, cuda, cuda:1.")
+    torch_threads: int = Field(
+        default=1,
+        ge=1,
+        description="Torch CPU threads. A micro-batch is too small to split: more threads only "
+        "spin and wait for each other (docs/benchmarks.md).",
+    )
     batch_size: int = Field(default=256, ge=1, description="Most events in one micro-batch.")
     batch_window: float = Field(
         default=0.05, gt=0, description="Seconds a micro-batch waits to fill before it runs."
