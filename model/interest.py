@@ -181,6 +181,8 @@ def category_shift(
     """(distribution after the event, distribution after − before), each (B, C).
     Before a user's first event the previous interest is zero: all items equally likely."""
     both = torch.cat([out.interest, out.prev_interest])  # (2B, d)
-    dist = category_distribution(both, reps, membership)
-    new, old = dist.chunk(2)
+    # Each distinct row once: with one update per event, an event's previous interest is the
+    # one its predecessor just produced.
+    rows, inverse = both.unique(dim=0, return_inverse=True)
+    new, old = category_distribution(rows, reps, membership)[inverse].chunk(2)
     return new, new - old

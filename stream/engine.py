@@ -27,6 +27,8 @@ from stream.records import RECENT, UserRecord, decode_keyed_event
 
 __all__ = ["Engine", "Incoming", "UserOutcome"]
 
+DECIMALS = 6  # of scores, interests and shifts in published views
+
 
 @dataclass(frozen=True)
 class Incoming:
@@ -279,10 +281,10 @@ class Engine:
         k = min(self.top_categories, len(names))
         top = dist.topk(k, dim=-1).indices.tolist()
         movers = shift.abs().topk(k, dim=-1).indices.tolist()
-        dist, shift = dist.tolist(), shift.tolist()
+        dist, shift = _rounded(dist), _rounded(shift)
         views = []
         for row, (row_scores, row_index) in enumerate(
-            zip(scores.tolist(), index.tolist(), strict=True)
+            zip(_rounded(scores), index.tolist(), strict=True)
         ):
             views.append(
                 {
@@ -337,6 +339,12 @@ class Engine:
         d = self.checkpoint.config.d_model
         rows = [np.frombuffer(b, dtype="<f4") if b else np.zeros(d, "<f4") for b in blobs]
         return torch.from_numpy(np.stack(rows) if rows else np.zeros((0, d), "<f4")).to(self.device)
+
+
+def _rounded(values: torch.Tensor) -> list:
+    """`values` as nested lists, to DECIMALS places: float32 results carry no more, and every
+    extra digit costs bytes in every update and time in JSON encoding."""
+    return values.double().round(decimals=DECIMALS).tolist()
 
 
 def _event_ref(incoming: Incoming, rank: int | None) -> dict:

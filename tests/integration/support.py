@@ -104,7 +104,8 @@ def served(worker, users) -> dict[str, dict]:
 
 
 def assert_same_views(got: dict[str, dict], expected: dict[str, dict]) -> None:
-    """Equal up to float rounding: a restarted worker may order its item matrix differently."""
+    """Equal up to float rounding: a restarted worker may order its item matrix differently,
+    and views carry 6 decimals."""
     assert got.keys() == expected.keys()
     for user, view in expected.items():
         assert got[user]["events_applied"] == view["events_applied"]
@@ -112,7 +113,7 @@ def assert_same_views(got: dict[str, dict], expected: dict[str, dict]) -> None:
             r["item_id"] for r in view["recommendations"]
         ]
         for field in ("interests", "interest_shift"):
-            assert got[user][field] == pytest.approx(view[field], abs=1e-6)
+            assert got[user][field] == pytest.approx(view[field], abs=2e-6)
 
 
 def metric(worker, name: str) -> float:
