@@ -23,7 +23,7 @@ import urllib.request
 from pathlib import Path
 
 from kafka import KafkaConsumer
-from throughput import git_sha, machine, produce, ready
+from throughput import cpu_times, git_sha, machine, produce, ready, steal_share
 
 from model.data import load_movielens
 from stream.local_kafka import LocalKafka, free_port
@@ -46,6 +46,7 @@ def main() -> None:
     args = parser.parse_args()
     args.checkpoint, args.report = args.checkpoint.resolve(), args.report.resolve()
 
+    started = cpu_times()
     work = Path(tempfile.mkdtemp(prefix="currents-bench-replay-"))
     events, items = load_movielens(args.data)
     events = sorted((to_behavior_event(e) for e in events), key=lambda e: e.timestamp)
@@ -111,6 +112,8 @@ def main() -> None:
             f"    replay / live: {results['replay_vs_live']:.2f} (one update per event), "
             f"{results['coalesced_replay_vs_live']:.2f} (--coalesce)"
         )
+        results["cpu_steal"] = steal_share(started)
+        print(f"    CPU time taken by the hypervisor during the run: {results['cpu_steal']:.0%}")
         if args.json:
             args.json.write_text(json.dumps(results, indent=2) + "\n")
     finally:

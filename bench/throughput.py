@@ -51,6 +51,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
+    started = cpu_times()
     work = Path(tempfile.mkdtemp(prefix="currents-bench-"))
     events, items = load_movielens(args.data)
     events = sorted((to_behavior_event(e) for e in events), key=lambda e: e.timestamp)
@@ -104,6 +105,8 @@ def main() -> None:
                     {"of": name, "rate": target, "events": count, "p50_ms": p50, "p99_ms": p99}
                 )
                 print(f"(c) {name} at {target:.0f} events/s: p50 {p50:.0f} ms, p99 {p99:.0f} ms")
+        results["cpu_steal"] = steal_share(started)
+        print(f"CPU time taken by the hypervisor during the run: {results['cpu_steal']:.0%}")
         if args.json:
             args.json.write_text(json.dumps(results, indent=2) + "\n")
     finally:
@@ -306,6 +309,19 @@ def machine() -> str:
         platform.processor(),
     )  # fmt: skip
     return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+
+
+def cpu_times() -> list[int]:
+    """The machine's CPU time so far by kind (user, nice, system, idle, iowait, irq, softirq,
+    steal), in ticks."""
+    return [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+
+
+def steal_share(before: list[int]) -> float:
+    """Share of the CPU time since `before` that the hypervisor gave to other guests: the
+    figures of a run with much of it are not comparable with those of a quiet one."""
+    spent = [now - then for then, now in zip(before, cpu_times(), strict=True)]
+    return spent[7] / max(1, sum(spent))
 
 
 def git_sha() -> str:
