@@ -63,7 +63,8 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
     items_ready = asyncio.Event()  # ... and so is the catalog backlog present at start
     # A GPU steps while the event loop goes on reading events; on CPU a second thread would only
     # contend with the loop for the GIL (docs/benchmarks.md), so the step runs on the loop.
-    model_thread = ThreadPoolExecutor(1, "currents-model") if settings.device != "cpu" else None
+    on_cpu = torch.device(settings.device).type == "cpu"
+    model_thread = None if on_cpu else ThreadPoolExecutor(1, "currents-model")
     encoder_thread = ThreadPoolExecutor(1, "currents-encoder")
     repair_thread = ThreadPoolExecutor(1, "currents-repair")  # blocking Kafka reads
     next_offsets: dict[int, int] = {}  # events partition -> next offset to process (lag)
@@ -174,6 +175,7 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
         item matrix) from garbage collection: it lives as long as the worker, and scanning it
         made each full collection a pause of 300 ms in the middle of a batch."""
         await items_ready.wait()
+        gc.collect()  # what startup left behind goes now, not frozen with the rest
         gc.freeze()
 
     encoder = []  # created in the encoder thread on first use (SQLite cache is per thread)
@@ -207,11 +209,12 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
                 and published.get(m.item_id, items.digest_of(m.item_id))
                 != text_digest(item_text(m.item_id, m.title, m.description, m.categories))
             ]
-            loop = asyncio.get_running_loop()
-            for vector in await loop.run_in_executor(encoder_thread, encode, upserts):
-                await item_vectors.send(key=vector.item_id.encode(), value=vector.to_bytes())
-                published[vector.item_id] = vector.digest
-            metrics.items_encoded.inc(len(upserts))
+            if upserts:  # the encoder loads on first use: not for a catalog already encoded
+                loop = asyncio.get_running_loop()
+                for vector in await loop.run_in_executor(encoder_thread, encode, upserts):
+                    await item_vectors.send(key=vector.item_id.encode(), value=vector.to_bytes())
+                    published[vector.item_id] = vector.digest
+                metrics.items_encoded.inc(len(upserts))
             for message in changes.values():
                 if isinstance(message, ItemDeletion):
                     await item_vectors.send(key=message.item_id.encode(), value=None)

@@ -341,9 +341,10 @@ class Engine:
         return torch.from_numpy(np.stack(rows) if rows else np.zeros((0, d), "<f4")).to(self.device)
 
 
-def _rounded(values: torch.Tensor) -> list:
-    """`values` as nested lists, to DECIMALS places: float32 results carry no more, and every
-    extra digit costs bytes in every update and time in JSON encoding."""
+def _rounded(values: torch.Tensor) -> list[list[float]]:
+    """`values` as nested lists, to DECIMALS places: shares and shifts in [-1, 1] and scores
+    of a few units, computed in float32, are not more precise than that, and every extra digit
+    costs bytes in every update and time in JSON encoding."""
     return values.double().round(decimals=DECIMALS).tolist()
 
 

@@ -46,8 +46,9 @@ class Settings(BaseModel):
     torch_threads: int = Field(
         default=1,
         ge=1,
-        description="Torch CPU threads. A micro-batch is too small to split: more threads only "
-        "spin and wait for each other (docs/benchmarks.md).",
+        description="Torch CPU threads of the process (the catalog encoder's too). A "
+        "micro-batch is too small to split: more threads only spin and wait for each other "
+        "(docs/benchmarks.md).",
     )
     batch_size: int = Field(default=256, ge=1, description="Most events in one micro-batch.")
     batch_window: float = Field(

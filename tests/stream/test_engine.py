@@ -123,7 +123,7 @@ def test_batched_engine_equals_offline_steps_and_covers_every_event_once(
         assert [r.score for r in last.recommendations] == pytest.approx(
             [s for _, s in ranked], abs=1e-5
         )
-        assert sum(last.interests.values()) <= 1.0 + 1e-6
+        assert sum(last.interests.values()) <= 1.0 + 5e-6  # shares are rounded to 6 places
 
 
 def replay_engine(engine) -> Engine:
