@@ -52,7 +52,10 @@ class Settings(BaseModel):
     )
     batch_size: int = Field(default=256, ge=1, description="Most events in one micro-batch.")
     batch_window: float = Field(
-        default=0.05, gt=0, description="Seconds a micro-batch waits to fill before it runs."
+        default=0.05,
+        gt=0,
+        description="Most seconds a micro-batch waits for events Kafka already holds; it never "
+        "waits for events not yet produced (stream/batching.py).",
     )
     top_n: int = Field(default=10, ge=1, le=1000, description="Recommendations per update.")
     top_categories: int = Field(default=5, ge=1, description="Interest categories per update.")
