@@ -17,7 +17,15 @@ from torch import nn
 from model.config import N_GAP_FEATURES, ModelConfig
 from model.state import UserState
 
-__all__ = ["InterestModel", "StepOutput", "category_distribution", "category_shift", "top_n"]
+__all__ = [
+    "InterestModel",
+    "StepOutput",
+    "category_distribution",
+    "category_mass",
+    "category_shift",
+    "rank_scores",
+    "top_n",
+]
 
 
 @dataclass
@@ -155,10 +163,16 @@ def top_n(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rank all items: interest (B, d), reps (N, d), optional exclude (B, N) bool.
     Returns (scores, indices), each (B, min(n, N)), best first."""
-    scores = interest @ reps.T  # (B, N)
+    return rank_scores(interest @ reps.T, exclude, n)
+
+
+def rank_scores(
+    scores: torch.Tensor, exclude: torch.Tensor | None, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """top_n from item scores (B, N) already computed."""
     if exclude is not None:
         scores = scores.masked_fill(exclude, float("-inf"))
-    return scores.topk(min(n, reps.shape[0]), dim=-1)
+    return scores.topk(min(n, scores.shape[1]), dim=-1)
 
 
 def category_distribution(
@@ -170,8 +184,12 @@ def category_distribution(
     a row may have several) -> (B, C), rows summing to 1. Built from items rather than a trained
     category head so that categories added by catalog upserts after training work at once.
     """
-    p = (interest @ reps.T).softmax(dim=-1)  # (B, N)
-    mass = p @ membership  # (B, C)
+    return category_mass(interest @ reps.T, membership)
+
+
+def category_mass(scores: torch.Tensor, membership: torch.Tensor) -> torch.Tensor:
+    """category_distribution from item scores (B, N) already computed."""
+    mass = scores.softmax(dim=-1) @ membership  # (B, C)
     return mass / mass.sum(dim=-1, keepdim=True).clamp(min=1e-12)
 
 
@@ -181,8 +199,5 @@ def category_shift(
     """(distribution after the event, distribution after − before), each (B, C).
     Before a user's first event the previous interest is zero: all items equally likely."""
     both = torch.cat([out.interest, out.prev_interest])  # (2B, d)
-    # Each distinct row once: with one update per event, an event's previous interest is the
-    # one its predecessor just produced.
-    rows, inverse = both.unique(dim=0, return_inverse=True)
-    new, old = category_distribution(rows, reps, membership)[inverse].chunk(2)
+    new, old = category_distribution(both, reps, membership).chunk(2)
     return new, new - old

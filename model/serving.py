@@ -22,72 +22,65 @@ def step_events(
 ) -> tuple[UserState, StepOutput]:
     """Apply E events, in order, to U users' states; a user may have several events.
 
-    states: U rows; user_row (E,) long row of each event's user; item_vecs (E, d);
-    event_type (E,) long; timestamp (E,) float64. Each user's events run as one sequence
-    through the LSTM from that user's state (one call for the whole batch, however many events
-    a user has: streams are bursty), then the attention of every position over its window of
-    the last K hidden states, old ring included. The math is `step`'s, event after event;
-    tests/model checks they agree. Returns the updated states (U rows; the input is not
-    modified) and one output per event.
+    states: U rows; user_row (E,) long row of each event's user, non-decreasing (the events
+    grouped by user, each user's in order); item_vecs (E, d); event_type (E,) long; timestamp
+    (E,) float64. Each user's events run as one sequence through the LSTM from that user's
+    state (one call for the whole batch, however many events a user has: streams are bursty),
+    then the attention of every event over its window of the last K hidden states, old ring
+    included. The math is `step`'s, event after event; tests/model checks they agree. Returns
+    the updated states (U rows; the input is not modified) and one output per event.
     """
     U, E, K = len(states), user_row.shape[0], model.cfg.window
     d, device = model.cfg.d_model, item_vecs.device
     if E == 0:
         empty = item_vecs.new_zeros(0, d)
         return states.select(torch.arange(U, device=device)), StepOutput(empty, empty)
-    # position of each event within its user's sequence: 0 for the first, 1 for the second, ...
-    same = user_row.unsqueeze(0) == user_row.unsqueeze(1)  # (E, E)
-    pos = torch.tril(same, diagonal=-1).sum(1)  # (E,)
+    if E > 1 and bool((user_row[1:] < user_row[:-1]).any()):
+        raise ValueError("step_events needs the events grouped by user: user_row non-decreasing")
     lengths = torch.bincount(user_row, minlength=U)  # (U,)
     rows = torch.nonzero(lengths).squeeze(1)  # (A,) users with events
-    T = int(lengths.max())
+    n = lengths[rows]  # (A,) their events, consecutive in the batch
+    A, T = len(rows), int(n.max())
+    a = torch.repeat_interleave(torch.arange(A, device=device), n)  # (E,) each event's user
+    start = torch.cumsum(n, 0) - n  # (A,) each user's first event
+    pos = torch.arange(E, device=device) - start[a]  # (E,) position in the user's sequence
+    head = pos == 0  # the user's first event of the batch: its predecessor is in the state
 
-    # right-padded per-user sequences (A, T, ...); padded positions are never read
-    slot = torch.full((U,), -1, dtype=torch.long, device=device)
-    slot[rows] = torch.arange(len(rows), device=device)
-    a = slot[user_row]  # (E,) row of each event among the active users
-    vecs = item_vecs.new_zeros(len(rows), T, item_vecs.shape[1])
-    vecs[a, pos] = item_vecs
-    types = torch.ones(len(rows), T, dtype=torch.long, device=device)
-    types[a, pos] = event_type
-    ts = torch.zeros(len(rows), T, dtype=torch.float64, device=device)
-    ts[a, pos] = timestamp
+    old = states if A == U else states.select(rows)
+    first = head & (old.count[a] == 0)
+    gap = torch.where(first, 0.0, timestamp - torch.where(head, old.last_ts[a], timestamp.roll(1)))
+    x = model._inputs(item_vecs, event_type, gap, first)  # (E, in)
+    hx = (old.h.unsqueeze(0), old.c.unsqueeze(0))
+    if E == A * T:  # every user has T events: the batch is already a (A, T) grid
+        hs, (h, c) = model.lstm(x.view(A, T, -1), hx)
+    else:  # right-padded (A, T) sequences; padded positions are never read
+        grid = x.new_zeros(A * T, x.shape[1])
+        grid[a * T + pos] = x
+        packed = pack_padded_sequence(
+            grid.view(A, T, -1), n.cpu(), batch_first=True, enforce_sorted=False
+        )
+        out, (h, c) = model.lstm(packed, hx)
+        hs, _ = pad_packed_sequence(out, batch_first=True, total_length=T)  # (A, T, d)
+    h_events = hs.reshape(A * T, d)[a * T + pos]  # (E, d)
 
-    old = states.select(rows)
-    first = torch.zeros(len(rows), T, dtype=torch.bool, device=device)
-    first[:, 0] = old.count == 0
-    gap = ts - torch.cat([old.last_ts.unsqueeze(1), ts[:, :-1]], dim=1)  # (A, T) float64
-    gap = torch.where(first, 0.0, gap)
-    x = model._inputs(vecs, types, gap, first)  # (A, T, in)
-    n = lengths[rows]
-    packed = pack_padded_sequence(x, n.cpu(), batch_first=True, enforce_sorted=False)
-    out, (h, c) = model.lstm(packed, (old.h.unsqueeze(0), old.c.unsqueeze(0)))
-    hs, _ = pad_packed_sequence(out, batch_first=True, total_length=T)  # (A, T, d)
-
-    # Everything after the LSTM runs on the E events only, not on the (A, T) padded grid: with
-    # bursty users, one long run in a batch makes the grid several times larger than E.
-    index = torch.full((len(rows), T), -1, dtype=torch.long, device=device)  # (A, T) -> event
-    index[a, pos] = torch.arange(E, device=device)
-    h_events = hs[a, pos]  # (E, d)
     # window of event e = the K hidden states ending at it: old ring, then this batch's
     seq = torch.cat([old.ring, hs], dim=1)  # (A, K+T, d)
-    kv = seq.new_zeros(len(rows), K + T, 2 * d)
-    kv[:, :K] = model.attn.kv(old.ring)
-    kv[a, K + pos] = model.attn.kv(h_events)
-    window = (pos + 1).unsqueeze(1) + torch.arange(K, device=device)  # (E, K) positions in seq
+    kv = model.attn.kv(seq).view(A * (K + T), 2 * d)
+    slots = torch.arange(K, device=device)
+    window = (a * (K + T) + pos + 1).unsqueeze(1) + slots  # (E, K) rows of kv
     seen = (old.count[a] + pos + 1).clamp(max=K)  # (E,) states that exist in each window
-    valid = torch.arange(K, device=device) >= K - seen.unsqueeze(-1)  # (E, K)
-    interest = model._interest(h_events, model.attn(h_events, kv[a.unsqueeze(1), window], valid))
+    valid = slots >= K - seen.unsqueeze(1)  # (E, K)
+    interest = model._interest(h_events, model.attn(h_events, kv[window], valid))
 
-    last = n - 1  # (A,)
-    at = torch.arange(len(rows), device=device)
-    new = states.select(torch.arange(U, device=device))  # copy: callers keep the old states
-    ring = seq[at.unsqueeze(1), n.unsqueeze(1) + torch.arange(K, device=device)]  # (A, K, d)
-    new.assign(
-        rows,
-        UserState(h[0], c[0], ring, ts[at, last], old.count + n, interest[index[at, last]]),
-    )
+    last = start + n - 1  # (A,) each user's last event
+    ends = torch.arange(A, device=device) * (K + T) + n  # (A,) where each user's new ring starts
+    ring = seq.reshape(A * (K + T), d)[ends.unsqueeze(1) + slots]  # (A, K, d)
+    stepped = UserState(h[0], c[0], ring, timestamp[last], old.count + n, interest[last])
+    if A == U:
+        new = stepped
+    else:
+        new = states.select(torch.arange(U, device=device))  # copy: callers keep the old states
+        new.assign(rows, stepped)
     # interest before each event: the user's previous event's, or the stored one for the first
-    previous = index[a, (pos - 1).clamp(min=0)]
-    before = torch.where((pos == 0).unsqueeze(1), old.interest[a], interest[previous])
+    before = torch.where(head.unsqueeze(1), old.interest[a], interest.roll(1, 0))
     return new, StepOutput(interest=interest, prev_interest=before)

@@ -6,18 +6,18 @@ batch (a user with several events is stepped in order), one ranking over the ite
 one record plus one `InterestUpdate` per user.
 """
 
-import json
 import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
+import orjson
 import torch
 
 from model.checkpoint import Checkpoint
 from model.config import event_type_index
-from model.interest import StepOutput, category_shift, top_n
+from model.interest import category_distribution, category_mass, rank_scores
 from model.serving import step_events
 from model.state import StateError, UserState
 from schemas import BehaviorEvent, ErrorKind, InvalidMessage
@@ -39,6 +39,7 @@ class Incoming:
     offset: int
     appended_at: float  # Kafka record timestamp, seconds: the start of the update's latency
     item_row: int  # the item's row in the item matrix when the event was admitted
+    type_index: int  # the event type's embedding row
     source: object = None  # the Faust event, so the state write lands in its partition
 
 
@@ -97,10 +98,10 @@ class Engine:
                 ErrorKind.UNKNOWN_ITEM, f"item {event.item_id!r} is not in the catalog"
             )
         try:
-            event_type_index(event.event_type.value)
+            type_index = event_type_index(event.event_type.value)
         except ValueError as error:
             raise InvalidMessage(ErrorKind.SCHEMA_VIOLATION, str(error)) from None
-        return Incoming(event, partition, offset, timestamp, row, source)
+        return Incoming(event, partition, offset, timestamp, row, type_index, source)
 
     @torch.inference_mode()
     def apply(
@@ -137,10 +138,7 @@ class Engine:
                 states,
                 torch.tensor([row_of[i.event.user_id] for i in events], device=self.device),
                 self.items.reps[torch.tensor([i.item_row for i in events], device=self.device)],
-                torch.tensor(
-                    [event_type_index(i.event.event_type.value) for i in events],
-                    device=self.device,
-                ),
+                torch.tensor([i.type_index for i in events], device=self.device),
                 torch.tensor(
                     [i.event.timestamp.timestamp() for i in events],
                     dtype=torch.float64,
@@ -156,16 +154,6 @@ class Engine:
                 seen_before.append(recent)
                 recent = (*recent, incoming.event.item_id)[-RECENT:]
                 seen_after.append(recent)
-        ranks: dict[int, int] = {}  # id(incoming) -> its prequential rank
-        if self.prequential and events:
-            firsts, start = set(), 0
-            for row, user in enumerate(stepped):
-                if first_seen[row]:
-                    firsts.add(start)  # no recommendations before a user's first event
-                start += len(fresh[user])
-            ranked = self._ranks(out.prev_interest, events, seen_before, firsts)
-            ranks = {id(i): r for i, r in zip(events, ranked, strict=True) if r is not None}
-
         new_records = []
         last = -1
         for row, user in enumerate(stepped):
@@ -189,9 +177,10 @@ class Engine:
         # One update per user (live) or per event (replay), then one per user whose events were
         # all applied before a crash: re-published from the stored record.
         republished = [user for user in redelivered if user not in fresh]
-        kept = self._states([records[user].state for user in republished])
+        chained = None
         if self.per_event and events:
             interest, prev = out.interest, out.prev_interest
+            chained = [row > 0 for user in stepped for row in range(len(fresh[user]))]
             covered = [[i] for i in events]
             recent = seen_after
             positions = [(i.partition, i.offset) for i in events]
@@ -202,13 +191,31 @@ class Engine:
             ]
             recent = [r.recent_items for r in new_records]
             positions = [(r.partition, r.offset) for r in new_records]
-        interest = torch.cat([interest, kept.interest])
-        prev = torch.cat([prev, self._prev([records[u].prev_interest for u in republished])])
+        if republished:
+            kept = self._states([records[user].state for user in republished])
+            interest = torch.cat([interest, kept.interest])
+            prev = torch.cat([prev, self._prev([records[u].prev_interest for u in republished])])
+            if chained is not None:
+                chained += [False] * len(republished)
         covered += [sorted(redelivered[u], key=lambda i: i.offset) for u in republished]
         recent += [records[u].recent_items for u in republished]
         # the update id names the last event the view includes: a re-published update keeps it
         positions += [(records[u].partition, records[u].offset) for u in republished]
-        views = self._views(interest, prev, recent)
+        scored = self._scored(interest, recent)
+        views = self._views(interest, prev, scored, chained)
+        ranks: dict[int, int] = {}  # id(incoming) -> its prequential rank
+        if self.prequential and events:
+            reuse = (scored, chained) if self.per_event else None  # a view per event
+            ranked = self._ranks(out.prev_interest, events, seen_before, reuse)
+            firsts, start = set(), 0  # no recommendations before a user's first event
+            for row, user in enumerate(stepped):
+                if first_seen[row]:
+                    firsts.add(start)
+                start += len(fresh[user])
+            ranks = {
+                id(i): r for e, (i, r) in enumerate(zip(events, ranked, strict=True))
+                if e not in firsts
+            }  # fmt: skip
 
         updates: dict[str, list[bytes]] = {}
         now = time.time()
@@ -226,7 +233,7 @@ class Engine:
                 **view,
                 "latency_ms": max(0.0, (now - last_event.appended_at) * 1000),
             }
-            updates.setdefault(user, []).append(json.dumps(update).encode())
+            updates.setdefault(user, []).append(orjson.dumps(update))
 
         outcomes = []
         for user, record in zip(
@@ -244,20 +251,27 @@ class Engine:
         before: torch.Tensor,
         events: list[Incoming],
         seen: list[tuple[str, ...]],
-        firsts: set[int],
-    ) -> list[int | None]:
+        reuse: tuple[tuple[torch.Tensor, torch.Tensor], list[bool]] | None = None,
+    ) -> list[int]:
         """Prequential check: where each event's item stood in the ranking the user had just
-        before it (1 = top), with the items then kept out of recommendations left out, except
-        the event's own item. None for a user's first event: there was no ranking yet."""
-        items = self.items
-        scores = before @ items.reps.T  # (E, rows)
-        exclude = self._excluded(seen)
+        before it (1 = top), among the items that ranking could recommend and the event's own.
+
+        before (E, d): each event's interest before it; seen: the items then kept out. With
+        `reuse`, the per-event views' `_scored` rows and their `chained` flags: a chained
+        event's ranking just before it is the row before's, already scored."""
+        if reuse is None:
+            scores, exclude = self._scored(before, seen)
+        else:
+            after, chained = reuse
+            heads = [e for e in range(len(events)) if not chained[e]]
+            own = self._scored(before[heads], [seen[e] for e in heads])
+            source = torch.arange(-1, len(events) - 1, device=self.device)  # the row before
+            source[heads] = len(after[0]) + torch.arange(len(heads), device=self.device)
+            scores, exclude = (torch.cat([a, b])[source] for a, b in zip(after, own, strict=True))
         target = torch.tensor([i.item_row for i in events], device=self.device)
-        at = torch.arange(len(events), device=self.device)
-        exclude[at, target] = False
-        target_scores = scores[at, target].unsqueeze(1)
-        ranks = ((scores > target_scores) & ~exclude).sum(1) + 1
-        return [None if e in firsts else int(r) for e, r in enumerate(ranks.tolist())]
+        target_scores = scores.gather(1, target.unsqueeze(1))  # (E, 1)
+        # the event's own item never outranks itself, excluded or not
+        return (((scores > target_scores) & ~exclude).sum(1) + 1).tolist()
 
     @torch.inference_mode()
     def describe(self, stored: bytes) -> dict:
@@ -265,35 +279,47 @@ class Engine:
         record = self._record(stored)
         state = self._states([record.state])
         prev = self._prev([record.prev_interest])
-        view = self._views(state.interest, prev, [record.recent_items])[0]
+        scored = self._scored(state.interest, [record.recent_items])
+        view = self._views(state.interest, prev, scored)[0]
         return {"events_applied": int(state.count[0]), **view}
 
     def _views(
-        self, interest: torch.Tensor, prev: torch.Tensor, recent: list[tuple[str, ...]]
+        self,
+        interest: torch.Tensor,
+        prev: torch.Tensor,
+        scored: tuple[torch.Tensor, torch.Tensor],
+        chained: list[bool] | None = None,
     ) -> list[dict]:
-        """Rank items and categories for each row: interests, their shift, recommendations."""
-        if not len(recent):
+        """Rank items and categories for each row: interests, their shift, recommendations.
+
+        scored: `_scored(interest, recent items)`. chained: per row, whether its `prev` is the
+        row before's `interest` (a user's consecutive per-event updates), so that distribution
+        is not computed twice."""
+        if not len(interest):
             return []
         items = self.items
-        scores, index = top_n(interest, items.reps, self.top_n, self._excluded(recent))
-        dist, shift = category_shift(StepOutput(interest, prev), items.reps, items.membership())
+        scores, index = rank_scores(*scored, self.top_n)
+        dist = category_mass(scored[0], items.membership())  # (B, C) after each row's events
+        shift = dist - self._distribution_before(dist, prev, chained)
         names = items.category_names()
         k = min(self.top_categories, len(names))
-        top = dist.topk(k, dim=-1).indices.tolist()
-        movers = shift.abs().topk(k, dim=-1).indices.tolist()
-        dist, shift = _rounded(dist), _rounded(shift)
+        shares, top = dist.topk(k, dim=-1)  # (B, k) the largest shares
+        shown = torch.cat([top, shift.abs().topk(k, dim=-1).indices], dim=1)  # ... and movers
+        shares, shifts = _rounded(shares), _rounded(shift.gather(1, shown))
+        top, shown = top.tolist(), shown.tolist()
+        item_id = items.item_id
         views = []
         for row, (row_scores, row_index) in enumerate(
             zip(_rounded(scores), index.tolist(), strict=True)
         ):
             views.append(
                 {
-                    "interests": {names[c]: dist[row][c] for c in top[row]},
-                    "interest_shift": {
-                        names[c]: shift[row][c] for c in dict.fromkeys(top[row] + movers[row])
-                    },
+                    "interests": dict(zip([names[c] for c in top[row]], shares[row], strict=True)),
+                    "interest_shift": dict(
+                        zip([names[c] for c in shown[row]], shifts[row], strict=True)
+                    ),
                     "recommendations": [
-                        {"item_id": items.item_id(i), "score": s}
+                        {"item_id": item_id(i), "score": s}
                         for s, i in zip(row_scores, row_index, strict=True)
                         if math.isfinite(s)
                     ],
@@ -301,11 +327,35 @@ class Engine:
             )
         return views
 
+    def _distribution_before(
+        self, dist: torch.Tensor, prev: torch.Tensor, chained: list[bool] | None
+    ) -> torch.Tensor:
+        """The category distribution of each row's `prev` interest; a chained row's is the
+        row before's `dist`, not computed again."""
+        items = self.items
+        if chained is None:
+            return category_distribution(prev, items.reps, items.membership())
+        before = dist.roll(1, 0)
+        heads = ~torch.tensor(chained, device=self.device)
+        before[heads] = category_distribution(prev[heads], items.reps, items.membership())
+        return before
+
+    def _scored(
+        self, interest: torch.Tensor, recent: list[tuple[str, ...]]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, rows) item scores of each interest row, and what each row may not recommend."""
+        return interest @ self.items.reps.T, self._excluded(recent)
+
     def _excluded(self, recent: list[tuple[str, ...]]) -> torch.Tensor:
         """(B, rows) bool: what row b may not recommend: free rows and its recent items."""
         rows, width = self.items.rows, len(self.items.alive)
         exclude = (~self.items.alive).expand(len(recent), -1).clone()
-        hidden = [b * width + rows[i] for b, ids in enumerate(recent) for i in ids if i in rows]
+        hidden = [
+            b * width + row
+            for b, ids in enumerate(recent)
+            for row in map(rows.get, ids)
+            if row is not None
+        ]
         if hidden:  # one scatter for the whole batch
             exclude.view(-1)[torch.from_numpy(np.array(hidden)).to(self.device)] = True
         return exclude
@@ -338,7 +388,7 @@ class Engine:
     def _prev(self, blobs: list[bytes]) -> torch.Tensor:
         d = self.checkpoint.config.d_model
         rows = [np.frombuffer(b, dtype="<f4") if b else np.zeros(d, "<f4") for b in blobs]
-        return torch.from_numpy(np.stack(rows) if rows else np.zeros((0, d), "<f4")).to(self.device)
+        return torch.from_numpy(np.stack(rows)).to(self.device)
 
 
 def _rounded(values: torch.Tensor) -> list[list[float]]:

@@ -122,7 +122,7 @@ def test_step_events_applies_several_events_per_user_in_order(model):
     from model.serving import step_events
 
     g = torch.Generator().manual_seed(3)
-    users = torch.tensor([0, 1, 0, 2, 0, 1])  # user 0 has three events, user 1 two, user 2 one
+    users = torch.tensor([0, 0, 0, 1, 1, 2])  # user 0 has three events, user 1 two, user 2 one
     vecs = torch.randn(6, CFG.d_model, generator=g)
     types = torch.randint(1, CFG.n_event_types, (6,), generator=g)
     ts = 1.7e9 + torch.arange(6, dtype=torch.float64) * 60
@@ -136,3 +136,48 @@ def test_step_events_applies_several_events_per_user_in_order(model):
             torch.testing.assert_close(new.h[u], hs[0, -1], atol=1e-5, rtol=0)
             assert int(new.count[u]) == len(ev) and new.last_ts[u] == ts[ev[-1]]
     assert start.count.tolist() == [0, 0, 0]  # the input states are left untouched
+
+
+def test_step_events_rejects_events_not_grouped_by_user(model):
+    from model.serving import step_events
+
+    vecs, types = torch.zeros(3, CFG.d_model), torch.ones(3, dtype=torch.long)
+    ts = 1.7e9 + torch.arange(3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="grouped by user"):
+        step_events(model, model.fresh_state(2), torch.tensor([0, 1, 0]), vecs, types, ts)
+
+
+@pytest.mark.parametrize(
+    "runs",
+    [[1, 1, 1], [2, 2, 2], [3, 1, 2], [0, 2, 1]],
+    ids=["one-each", "equal-runs", "unequal-runs", "a-user-without-events"],
+)
+def test_step_events_equals_step_after_step_from_stored_states(model, runs):
+    from model.serving import step_events
+
+    g = torch.Generator().manual_seed(5)
+    state = model.fresh_state(len(runs))
+    with torch.no_grad():  # states with some history: their rings and timestamps matter
+        for warmup in range(CFG.window + 2):
+            vecs = torch.randn(len(runs), CFG.d_model, generator=g)
+            ts = torch.full((len(runs),), 1.7e9 + warmup * 30.0, dtype=torch.float64)
+            state, _ = model.step(state, vecs, torch.ones(len(runs), dtype=torch.long), ts)
+        users = torch.repeat_interleave(torch.arange(len(runs)), torch.tensor(runs))
+        vecs = torch.randn(len(users), CFG.d_model, generator=g)
+        types = torch.randint(1, CFG.n_event_types, (len(users),), generator=g)
+        ts = 1.8e9 + torch.arange(len(users), dtype=torch.float64) * 45
+        new, out = step_events(model, state, users, vecs, types, ts)
+        for u, run in enumerate(runs):
+            expected = state.select(torch.tensor([u]))
+            for e in torch.nonzero(users == u).squeeze(1).tolist():
+                before = expected.interest
+                expected, step = model.step(
+                    expected, vecs[e : e + 1], types[e : e + 1], ts[e : e + 1]
+                )
+                torch.testing.assert_close(out.interest[e], step.interest[0], atol=1e-5, rtol=0)
+                torch.testing.assert_close(out.prev_interest[e], before[0], atol=1e-5, rtol=0)
+            for field in ("h", "c", "ring", "interest"):
+                torch.testing.assert_close(
+                    getattr(new, field)[u], getattr(expected, field)[0], atol=1e-5, rtol=0
+                )
+            assert int(new.count[u]) == int(state.count[u]) + run
