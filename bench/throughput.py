@@ -7,12 +7,13 @@
     measured on a backlog of the same ml-100k events, from the Kafka timestamps of the outputs;
 (c) produce -> output latency (p50/p99 per event), for the engine (to the interest update)
     and the pass-through (to the forwarded record), at half of the engine's max rate (the
-    target) and at half of the pass-through's max rate (a rate both sustain).
+    target) and at half of the pass-through's max rate (a rate both sustain): a fresh process
+    each, sent 5 s of warm-up and then 20 s measured at that rate, with the CPU shares of the
+    measured window (worker, load generator, idle machine).
 Without --checkpoint the model is untrained but of the default size: same cost per event.
 """
 
 import argparse
-import asyncio
 import json
 import os
 import platform
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from aiokafka import AIOKafkaProducer
+from confluent_kafka import Producer
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from model.checkpoint import save_checkpoint
@@ -46,7 +47,10 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=20_000, help="backlog size (20000)")
     parser.add_argument("--checkpoint", type=Path, help="default: untrained, default size")
     parser.add_argument("--partitions", type=int, default=8)
-    parser.add_argument("--latency-seconds", type=float, default=20.0)
+    parser.add_argument("--latency-seconds", type=float, default=20.0, help="measured (20)")
+    parser.add_argument(
+        "--warmup-seconds", type=float, default=5.0, help="sent before, not measured (5)"
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy the engine during (b)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -94,19 +98,26 @@ def main() -> None:
         # at half the engine's max rate (the target), and at half the pass-through's, which the
         # pass-through itself can sustain: the same rate for both, a fair peer
         results["latency"] = []
-        taken = 0  # each phase sends ratings no phase sent before: the engine drops repeats
+        taken = 0  # each rate's phase sends ratings not sent before: the engine drops repeats
         for target in (rate / 2, results["passthrough_events_per_s"] / 2):
+            warm = int(target * args.warmup_seconds)
+            phase = live[taken : taken + warm + int(target * args.latency_seconds)]
+            taken += len(phase)
+            warmup, stream = phase[:warm], phase[warm:]  # the peer gets the same, on its topic
             for name, measure, where in (
                 ("engine", engine_latency, settings),
                 ("passthrough", passthrough_latency, bootstrap),
             ):
-                count = int(target * args.latency_seconds)
-                stream, taken = live[taken : taken + count], taken + count
-                p50, p99, count = measure(where, work, stream, target)
+                p50, p99, count, cpu = measure(where, work, warmup, stream, target)
                 results["latency"].append(
-                    {"of": name, "rate": target, "events": count, "p50_ms": p50, "p99_ms": p99}
+                    {"of": name, "rate": target, "events": count, "p50_ms": p50, "p99_ms": p99,
+                     "cpu": cpu}
+                )  # fmt: skip
+                print(
+                    f"(c) {name} at {target:.0f} events/s: p50 {p50:.0f} ms, p99 {p99:.0f} ms "
+                    f"(CPU: worker {cpu['worker']:.0%} of a core, load generator "
+                    f"{cpu['load_generator']:.0%}, machine idle {cpu['machine_idle']:.0%})"
                 )
-                print(f"(c) {name} at {target:.0f} events/s: p50 {p50:.0f} ms, p99 {p99:.0f} ms")
         results["cpu_steal"] = steal_share(started)
         print(f"CPU time taken by the hypervisor during the run: {results['cpu_steal']:.0%}")
         if args.json:
@@ -203,13 +214,16 @@ def engine_rate(settings: Settings, work: Path, catalog, backlog, profile: bool)
     return rate, (summarise_profile(work / "engine.pyspy") if profile else None)
 
 
-def latency(bootstrap: str, source: str, sink: str, stream, rate: float, covered):
+def latency(bootstrap: str, source: str, sink: str, warmup, stream, rate: float, covered, pid):
     """Per-event produce -> output latency, from Kafka timestamps on both sides: the event's
     own (set when the load generator sends it), and that of the first output record that covers
-    it (`covered(record)`: event ids). The outputs are read afterwards, from the sink's end
-    offsets taken before: while the worker is measured, only the load generator runs beside it."""
+    it (`covered(record)`: event ids). `warmup` is sent at the same rate just before `stream` and
+    not counted: a process that has just started fetches metadata, opens stores and fills
+    caches on its first events, which a long-running worker did long ago. The outputs are read
+    afterwards, from the sink's end offsets taken before: while the worker is measured, only the
+    load generator runs beside it. Also returns the CPU shares of the measured window."""
     start = end_offsets(bootstrap, sink)
-    sent = asyncio.run(send_paced(bootstrap, source, stream, rate))
+    sent, cpu = send_paced(bootstrap, source, warmup, stream, rate, pid)
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=1000
     )
@@ -230,32 +244,66 @@ def latency(bootstrap: str, source: str, sink: str, stream, rate: float, covered
         raise TimeoutError(f"{sink}: no output for the {len(sent)} events sent to {source}")
     ordered = sorted(latencies.values())
     pick = lambda q: float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])  # noqa: E731
-    return pick(0.50), pick(0.99), len(ordered)
+    return pick(0.50), pick(0.99), len(ordered), cpu
 
 
-async def send_paced(bootstrap: str, topic: str, stream, rate: float) -> dict[str, int]:
-    """Send `stream` at `rate`; event id -> the record's timestamp (ms), set here. aiokafka,
-    not kafka-python: kafka-python's producer costs 0.5-1 ms of CPU per record at these rates,
-    most of a core of the two the worker runs on. The timestamp is given explicitly because
-    aiokafka reports the first record's timestamp for every record of a batch."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1, linger_ms=0)
-    await producer.start()
-    try:
-        sent, deliveries, started = {}, [], time.monotonic()
-        for index, event in enumerate(stream):
-            # always yield, so the producer's sender runs between records even when behind
-            await asyncio.sleep(max(0.0, started + index / rate - time.monotonic()))
-            value, now = event.model_dump_json().encode(), int(time.time() * 1000)
-            deliveries.append(
-                await producer.send(
-                    topic, key=event.user_id.encode(), value=value, timestamp_ms=now
-                )
-            )
-            sent[event.event_id] = now
-        await asyncio.gather(*deliveries)
-        return sent
-    finally:
-        await producer.stop()
+def send_paced(bootstrap: str, topic: str, warmup, stream, rate: float, pid: int):
+    """Send `warmup`, then `stream`, at `rate`, in ticks of 1 ms; return (event id -> the
+    record's timestamp in ms, set here, for `stream`; CPU shares while `stream` was sent).
+
+    librdkafka (confluent-kafka) rather than a Python client: aiokafka's producer took 40-58 %
+    of a core at 1,388 records/s and kafka-python's more, on the two cores the worker and the
+    broker run on; librdkafka took 8-13 % (docs/benchmarks.md)."""
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "acks": 1, "linger.ms": 0,
+         "partitioner": "murmur2_random"}  # Kafka's own partitioner for keyed records
+    )  # fmt: skip
+    records = [
+        (e.user_id.encode(), e.model_dump_json().encode(), e.event_id) for e in [*warmup, *stream]
+    ]
+    sent, started, index, usage = {}, time.monotonic(), 0, None
+    while index < len(records):
+        due = min(len(records), int((time.monotonic() - started) * rate) + 1)
+        if usage is None and due > len(warmup):
+            usage = CpuUsage(pid)  # the measured window starts
+        now = int(time.time() * 1000)
+        for key, value, event_id in records[index:due]:
+            producer.produce(topic, value=value, key=key, timestamp=now)
+            if index >= len(warmup):
+                sent[event_id] = now
+            index += 1
+        producer.poll(0)
+        time.sleep(0.001)
+    cpu = usage.shares()
+    if producer.flush(30):
+        raise RuntimeError(f"{topic}: records not delivered")
+    return sent, cpu
+
+
+class CpuUsage:
+    """CPU shares since creation: of one core for the worker (all its threads) and this
+    process (the load generator), of the machine for the rest (the broker among it) and idle."""
+
+    def __init__(self, pid: int):
+        self.pid, self.started = pid, time.monotonic()
+        self.worker, self.own, self.machine = process_cpu(pid), os.times(), cpu_times()
+
+    def shares(self) -> dict[str, float]:
+        wall = time.monotonic() - self.started
+        own = os.times()
+        machine = [now - then for then, now in zip(self.machine, cpu_times(), strict=True)]
+        return {
+            "worker": (process_cpu(self.pid) - self.worker) / wall,
+            "load_generator": (own.user + own.system - self.own.user - self.own.system) / wall,
+            "machine_idle": (machine[3] + machine[4]) / max(1, sum(machine)),
+            "machine_steal": machine[7] / max(1, sum(machine)),
+        }
+
+
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of process `pid` so far, all threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
@@ -270,25 +318,25 @@ def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
         consumer.close()
 
 
-def engine_latency(settings: Settings, work: Path, stream, rate: float):
+def engine_latency(settings: Settings, work: Path, warmup, stream, rate: float):
     worker = spawn_worker(settings, work / "engine-latency.log", loglevel="warning")
     try:
         ready(settings, worker)
         return latency(
-            settings.bootstrap, settings.events_topic, settings.updates_topic, stream, rate,
-            lambda r: [ref["event_id"] for ref in json.loads(r.value)["events"]],
+            settings.bootstrap, settings.events_topic, settings.updates_topic, warmup, stream,
+            rate, lambda r: [ref["event_id"] for ref in json.loads(r.value)["events"]], worker.pid,
         )  # fmt: skip
     finally:
         terminate(worker)
 
 
-def passthrough_latency(bootstrap: str, work: Path, stream, rate: float):
+def passthrough_latency(bootstrap: str, work: Path, warmup, stream, rate: float):
     worker = start_passthrough(bootstrap, work)
     try:
         time.sleep(15)  # joined its group and caught up (its backlog was consumed in (a))
         return latency(
-            bootstrap, "bench.passthrough.in", "bench.passthrough.out", stream, rate,
-            lambda r: [json.loads(r.value)["event_id"]],
+            bootstrap, "bench.passthrough.in", "bench.passthrough.out", warmup, stream, rate,
+            lambda r: [json.loads(r.value)["event_id"]], worker.pid,
         )  # fmt: skip
     finally:
         terminate(worker)
