@@ -103,7 +103,11 @@ def decode_states(
     blobs: Sequence[bytes | None], version: str, d_model: int, window: int
 ) -> UserState:
     """Decode a batch of stored states; None gives a fresh state for a new user."""
-    state = UserState.fresh(len(blobs), d_model, window)
+    n_rows = len(blobs)
+    vectors = np.zeros((n_rows, 3, d_model), dtype=np.float32)  # h, c, interest
+    ring = np.zeros((n_rows, window, d_model), dtype=np.float32)
+    last_ts = np.zeros(n_rows, dtype=np.float64)
+    count = np.zeros(n_rows, dtype=np.int64)
     tag = _version_tag(version)
     for i, blob in enumerate(blobs):
         if blob is None:
@@ -127,13 +131,19 @@ def decode_states(
         body = np.frombuffer(blob, dtype="<f4", offset=_HEADER.size)
         if body.size != (3 + rows) * d:
             raise StateFormatError(f"state body has {body.size} floats, expected {(3 + rows) * d}")
-        t = torch.from_numpy(body.astype(np.float32))
-        state.h[i], state.c[i], state.interest[i] = t[:d], t[d : 2 * d], t[2 * d : 3 * d]
+        vectors[i] = body[: 3 * d].reshape(3, d)
         if rows:
-            state.ring[i, k - rows :] = t[3 * d :].view(rows, d)
-        state.last_ts[i] = ts
-        state.count[i] = n
-    return state
+            ring[i, k - rows :] = body[3 * d :].reshape(rows, d)
+        last_ts[i], count[i] = ts, n
+    h, c, interest = torch.from_numpy(vectors).unbind(1)
+    return UserState(
+        h=h.contiguous(),
+        c=c.contiguous(),
+        ring=torch.from_numpy(ring),
+        last_ts=torch.from_numpy(last_ts),
+        count=torch.from_numpy(count),
+        interest=interest.contiguous(),
+    )
 
 
 def _version_tag(version: str) -> bytes:

@@ -272,19 +272,24 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
                 metrics.repaired.inc(len(filled))
                 records.extend(filled)
             records.sort(key=lambda r: r.offset)
+            partitions[partition] = (context, records)  # the range to process, holes filled
             next_expected[partition] = after
-            for record in records:
-                try:
-                    admitted.append(
-                        engine.admit(
-                            record.key, record.value, record.partition, record.offset,
-                            record.timestamp, source=context,
-                        )
-                    )  # fmt: skip
-                except InvalidMessage as error:
-                    sends[partition].append(await reject(error, settings.events_topic, record))
-        if admitted:
-            await apply(admitted, sends)
+        # An admitted event holds its item's row in the matrix: no catalog change until the
+        # batch has been stepped and ranked, or a deleted item's row could be another's.
+        async with items.lock:
+            for partition, (context, records) in partitions.items():
+                for record in records:
+                    try:
+                        admitted.append(
+                            engine.admit(
+                                record.key, record.value, record.partition, record.offset,
+                                record.timestamp, source=context,
+                            )
+                        )  # fmt: skip
+                    except InvalidMessage as error:
+                        sends[partition].append(await reject(error, settings.events_topic, record))
+            if admitted:
+                await apply(admitted, sends)
         if assignment[0] != generation:
             return  # revoked meanwhile: the next owner starts from the progress table
         for partition, (context, _) in partitions.items():
@@ -363,16 +368,17 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
             log.exception("progress of the last batches not recorded; they will be redone")
 
     async def apply(admitted, sends: dict[int, list]) -> None:
-        async with items.lock:
-            users = dict.fromkeys(i.event.user_id for i in admitted)  # one read per user
-            stored = {user: user_states.get(user.encode()) for user in users}
-            started = time.perf_counter()
-            if model_thread is None:
-                outcomes = engine.apply(stored, admitted)
-            else:
-                loop = asyncio.get_running_loop()
-                outcomes = await loop.run_in_executor(model_thread, engine.apply, stored, admitted)
-            metrics.step_seconds.observe(time.perf_counter() - started)
+        """Step and rank a batch (the caller holds the item matrix's lock), then store and
+        publish its outcomes."""
+        users = dict.fromkeys(i.event.user_id for i in admitted)  # one read per user
+        stored = {user: user_states.get(user.encode()) for user in users}
+        started = time.perf_counter()
+        if model_thread is None:
+            outcomes = engine.apply(stored, admitted)
+        else:
+            loop = asyncio.get_running_loop()
+            outcomes = await loop.run_in_executor(model_thread, engine.apply, stored, admitted)
+        metrics.step_seconds.observe(time.perf_counter() - started)
         updates = []
         for outcome in outcomes:
             user = outcome.user_id.encode()

@@ -8,7 +8,7 @@ one record plus one `InterestUpdate` per user.
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -17,7 +17,7 @@ import torch
 
 from model.checkpoint import Checkpoint
 from model.config import event_type_index
-from model.interest import category_distribution, category_mass, rank_scores
+from model.interest import StepOutput, category_mass
 from model.serving import step_events
 from model.state import StateError, UserState
 from schemas import BehaviorEvent, ErrorKind, InvalidMessage
@@ -125,19 +125,25 @@ class Engine:
                 else:
                     fresh.setdefault(user, []).append(incoming)
                     seen.add(incoming.event.event_id)
-
         stepped = list(fresh)
-        states = self._states([records[user].state for user in stepped])
-        first_seen = (states.count == 0).tolist()  # users whose first event is in this batch
-        prev = states.interest.clone()  # (U, d) before this batch
+        republished = [user for user in redelivered if user not in fresh]  # nothing new in them
+        if not stepped and not republished:
+            return []
+
         events = [incoming for user in stepped for incoming in fresh[user]]
+        user_of = np.repeat(np.arange(len(stepped)), [len(fresh[user]) for user in stepped])
+        head = np.ones(len(events), dtype=bool)  # each user's first event of the batch
+        head[1:] = user_of[1:] != user_of[:-1]
+        items = np.array([incoming.item_row for incoming in events], dtype=np.int64)
+        states = self._states([records[user].state for user in stepped])
+        first_seen = (states.count == 0).numpy(force=True)  # users with no event before
+        before = states.interest.clone()  # (U, d) each user's interests before the batch
         if stepped:
-            row_of = {user: row for row, user in enumerate(stepped)}
             states, out = step_events(
                 self.model,
                 states,
-                torch.tensor([row_of[i.event.user_id] for i in events], device=self.device),
-                self.items.reps[torch.tensor([i.item_row for i in events], device=self.device)],
+                torch.from_numpy(user_of).to(self.device),
+                self.items.reps[torch.from_numpy(items).to(self.device)],
                 torch.tensor([i.type_index for i in events], device=self.device),
                 torch.tensor(
                     [i.event.timestamp.timestamp() for i in events],
@@ -145,93 +151,101 @@ class Engine:
                     device=self.device,
                 ),
             )
-        blobs = self.checkpoint.encode_states(states) if stepped else []
-        # items each event's user had seen just before it, and just after it
-        seen_before, seen_after = [], []
-        for user in stepped:
-            recent = records[user].recent_items
-            for incoming in fresh[user]:
-                seen_before.append(recent)
-                recent = (*recent, incoming.event.item_id)[-RECENT:]
-                seen_after.append(recent)
-        new_records = []
-        last = -1
-        for row, user in enumerate(stepped):
-            record, applied = records[user], fresh[user]
-            last += len(applied)
-            # the interests the record's shift is measured from: before its last update
-            before = out.prev_interest[last] if self.per_event else prev[row]
-            new_records.append(
-                UserRecord(
-                    state=blobs[row],
-                    prev_interest=before.cpu().numpy().astype("<f4").tobytes(),
-                    partition=applied[-1].partition,
-                    offset=applied[-1].offset,
-                    recent_events=(*record.recent_events, *(i.event.event_id for i in applied))[
-                        -RECENT:
-                    ],
-                    recent_items=seen_after[last],
-                )
-            )
-
-        # One update per user (live) or per event (replay), then one per user whose events were
-        # all applied before a crash: re-published from the stored record.
-        republished = [user for user in redelivered if user not in fresh]
-        chained = None
-        if self.per_event and events:
-            interest, prev = out.interest, out.prev_interest
-            chained = [row > 0 for user in stepped for row in range(len(fresh[user]))]
-            covered = [[i] for i in events]
-            recent = seen_after
-            positions = [(i.partition, i.offset) for i in events]
         else:
-            interest = states.interest
+            out = StepOutput(interest=before, prev_interest=before)  # no rows
+        new_records = self._new_records(records, fresh, states, out, before)
+
+        # An update follows each group of a user's consecutive events: every event (per_event)
+        # or all of the user's events in the batch; then one per republished user.
+        ends = np.append(head[1:], True)[: len(events)] | self.per_event
+        last = np.flatnonzero(ends)  # (G,) the event that ends each group
+        starts = np.append(0, last[:-1] + 1)[: len(last)]  # ... and the one that starts it
+        group = np.cumsum(ends) - ends  # (E,) each event's group
+        after_end = np.append(False, ends[:-1])[: len(events)] & ~head  # a group before it
+        covered = [events[start : end + 1] for start, end in zip(starts, last, strict=True)]
+        if not self.per_event:  # a live update also covers the user's redelivered events
             covered = [
-                sorted(redelivered.get(u, []) + fresh[u], key=lambda i: i.offset) for u in stepped
+                sorted(redelivered.get(c[0].event.user_id, []) + c, key=_offset) for c in covered
             ]
-            recent = [r.recent_items for r in new_records]
-            positions = [(r.partition, r.offset) for r in new_records]
+        covered += [sorted(redelivered[u], key=_offset) for u in republished]
+
+        # What to rank the items for, a row each (_Rows): first what each update shows (the
+        # interests after its group); then each user's interests before the batch (the
+        # baseline of the user's first shift, and the ranking the user's first event met);
+        # then, with prequential ranks, the ranking each event inside a group met. A row's
+        # target is the item whose rank it checks: the ranking an event met is the update
+        # before it, where there is one.
+        prequential = self.prequential
+        users = stepped + republished
+        seen = _Seen(
+            self.items.rows,
+            [records[user].recent_items for user in users],
+            [fresh.get(user, ()) for user in users],
+        )
+        position = np.arange(len(events)) - np.flatnonzero(head)[user_of]  # in the user's batch
+        rows = _Rows()
+        rows.add(
+            out.interest[torch.from_numpy(last)],
+            seen.before(user_of[last], position[last] + 1),
+            np.where(np.append(after_end[1:], False), np.roll(items, -1), -1)[last]
+            if prequential else None,
+        )  # fmt: skip
+        everyone = np.arange(len(users))
         if republished:
             kept = self._states([records[user].state for user in republished])
-            interest = torch.cat([interest, kept.interest])
-            prev = torch.cat([prev, self._prev([records[u].prev_interest for u in republished])])
-            if chained is not None:
-                chained += [False] * len(republished)
-        covered += [sorted(redelivered[u], key=lambda i: i.offset) for u in republished]
-        recent += [records[u].recent_items for u in republished]
-        # the update id names the last event the view includes: a re-published update keeps it
-        positions += [(records[u].partition, records[u].offset) for u in republished]
-        scored = self._scored(interest, recent)
-        views = self._views(interest, prev, scored, chained)
-        ranks: dict[int, int] = {}  # id(incoming) -> its prequential rank
-        if self.prequential and events:
-            reuse = (scored, chained) if self.per_event else None  # a view per event
-            ranked = self._ranks(out.prev_interest, events, seen_before, reuse)
-            firsts, start = set(), 0  # no recommendations before a user's first event
-            for row, user in enumerate(stepped):
-                if first_seen[row]:
-                    firsts.add(start)
-                start += len(fresh[user])
-            ranks = {
-                id(i): r for e, (i, r) in enumerate(zip(events, ranked, strict=True))
-                if e not in firsts
-            }  # fmt: skip
+            rows.add(kept.interest, seen.before(everyone[len(stepped) :], 0))
+        baseline = rows.add(
+            torch.cat([before, self._prev([records[u].prev_interest for u in republished])]),
+            seen.before(everyone, 0),
+            np.where(first_seen, -1, items[head]) if prequential else None,
+        )
+        rank_row = np.empty(len(events), dtype=np.int64)  # where each event's rank is read
+        rank_row[head] = baseline.start + user_of[head]
+        rank_row[after_end] = group[after_end] - 1
+        inside = np.flatnonzero(~head & ~after_end)
+        if prequential and len(inside):
+            met = rows.add(
+                out.prev_interest[torch.from_numpy(inside)],
+                seen.before(user_of[inside], position[inside]),
+                items[inside],
+            )
+            rank_row[inside] = met.start + np.arange(len(inside))
+        # each update's shift is measured from the update before it, or the user's baseline
+        shift_from = np.concatenate(
+            [
+                np.where(head[starts], baseline.start + user_of[starts], np.arange(len(last)) - 1),
+                baseline.start + len(stepped) + np.arange(len(republished)),
+            ]
+        ).astype(np.int64)
+        ranking = self._rank(rows, shown=baseline.start, baselines=len(baseline))
 
+        ranks: dict[int, int] = {}  # id(incoming) -> its prequential rank
+        if prequential and ranking.ranks is not None:
+            unranked = head & first_seen[user_of]  # no recommendations before a first event
+            ranks = {
+                id(incoming): rank
+                for incoming, rank, skip in zip(
+                    events, ranking.ranks[rank_row].tolist(), unranked.tolist(), strict=True
+                )
+                if not skip
+            }
         updates: dict[str, list[bytes]] = {}
         now = time.time()
-        for view, events_covered, (partition, offset) in zip(
-            views, covered, positions, strict=True
-        ):
-            last_event = events_covered[-1]
-            user = last_event.event.user_id
+        version = self.checkpoint.version
+        for view, events_covered in zip(self._views(ranking, shift_from), covered, strict=True):
+            last = events_covered[-1]
+            user = last.event.user_id
+            # the update id names the last event the view includes: a re-published update
+            # (a user with nothing new) shows the stored record, and keeps its id
+            at = last if user in fresh else records[user]
             update = {
                 "schema_version": SCHEMA_VERSION,
-                "update_id": f"{self.checkpoint.version}:{user}:{partition}:{offset}",
+                "update_id": f"{version}:{user}:{at.partition}:{at.offset}",
                 "user_id": user,
-                "model_version": self.checkpoint.version,
+                "model_version": version,
                 "events": [_event_ref(i, ranks.get(id(i))) for i in events_covered],
                 **view,
-                "latency_ms": max(0.0, (now - last_event.appended_at) * 1000),
+                "latency_ms": max(0.0, (now - last.appended_at) * 1000),
             }
             updates.setdefault(user, []).append(orjson.dumps(update))
 
@@ -240,125 +254,122 @@ class Engine:
             stepped + republished, new_records + [records[u] for u in republished], strict=True
         ):
             applied = fresh.get(user, [])
-            last_event = max(applied or redelivered[user], key=lambda i: i.offset)
+            last_event = max(applied or redelivered[user], key=_offset)
             outcomes.append(
                 UserOutcome(user, record.to_bytes(), updates[user], last_event, len(applied))
             )
         return outcomes
 
-    def _ranks(
+    def _new_records(
         self,
+        records: dict[str, UserRecord],
+        fresh: dict[str, list[Incoming]],
+        states: UserState,
+        out: StepOutput,
         before: torch.Tensor,
-        events: list[Incoming],
-        seen: list[tuple[str, ...]],
-        reuse: tuple[tuple[torch.Tensor, torch.Tensor], list[bool]] | None = None,
-    ) -> list[int]:
-        """Prequential check: where each event's item stood in the ranking the user had just
-        before it (1 = top), among the items that ranking could recommend and the event's own.
-
-        before (E, d): each event's interest before it; seen: the items then kept out. With
-        `reuse`, the per-event views' `_scored` rows and their `chained` flags: a chained
-        event's ranking just before it is the row before's, already scored."""
-        if reuse is None:
-            scores, exclude = self._scored(before, seen)
-        else:
-            after, chained = reuse
-            heads = [e for e in range(len(events)) if not chained[e]]
-            own = self._scored(before[heads], [seen[e] for e in heads])
-            source = torch.arange(-1, len(events) - 1, device=self.device)  # the row before
-            source[heads] = len(after[0]) + torch.arange(len(heads), device=self.device)
-            scores, exclude = (torch.cat([a, b])[source] for a, b in zip(after, own, strict=True))
-        target = torch.tensor([i.item_row for i in events], device=self.device)
-        target_scores = scores.gather(1, target.unsqueeze(1))  # (E, 1)
-        # the event's own item never outranks itself, excluded or not
-        return (((scores > target_scores) & ~exclude).sum(1) + 1).tolist()
+    ) -> list[UserRecord]:
+        """The stepped users' new records, in `fresh` order."""
+        if not fresh:
+            return []
+        # the interests the user's next update's shift is measured from: before its last one
+        if self.per_event:
+            last = np.cumsum([len(events) for events in fresh.values()]) - 1
+            before = out.prev_interest[torch.from_numpy(last)]
+        return [
+            UserRecord(
+                state=state,
+                prev_interest=prev.tobytes(),
+                partition=applied[-1].partition,
+                offset=applied[-1].offset,
+                recent_events=(
+                    *records[user].recent_events, *(i.event.event_id for i in applied)
+                )[-RECENT:],
+                recent_items=(
+                    *records[user].recent_items, *(i.event.item_id for i in applied)
+                )[-RECENT:],
+            )
+            for (user, applied), state, prev in zip(
+                fresh.items(), self.checkpoint.encode_states(states),
+                before.numpy(force=True).astype("<f4"), strict=True,
+            )
+        ]  # fmt: skip
 
     @torch.inference_mode()
     def describe(self, stored: bytes) -> dict:
         """A user's current interests and recommendations, from the stored record alone."""
         record = self._record(stored)
         state = self._states([record.state])
-        prev = self._prev([record.prev_interest])
-        scored = self._scored(state.interest, [record.recent_items])
-        view = self._views(state.interest, prev, scored)[0]
+        window = _Seen(self.items.rows, [record.recent_items], [()]).before(np.zeros(1, int), 0)
+        rows = _Rows()
+        rows.add(state.interest, window)
+        rows.add(self._prev([record.prev_interest]), window)
+        view = next(self._views(self._rank(rows, shown=1, baselines=1), np.array([1])))
         return {"events_applied": int(state.count[0]), **view}
 
-    def _views(
-        self,
-        interest: torch.Tensor,
-        prev: torch.Tensor,
-        scored: tuple[torch.Tensor, torch.Tensor],
-        chained: list[bool] | None = None,
-    ) -> list[dict]:
-        """Rank items and categories for each row: interests, their shift, recommendations.
+    def _rank(self, rows: "_Rows", shown: int, baselines: int) -> "_Ranking":
+        """Score every item for every row: the top-N of the first `shown` rows, the category
+        distribution of those and the next `baselines`, and each row's target's rank.
 
-        scored: `_scored(interest, recent items)`. chained: per row, whether its `prev` is the
-        row before's `interest` (a user's consecutive per-event updates), so that distribution
-        is not computed twice."""
-        if not len(interest):
-            return []
-        items = self.items
-        scores, index = rank_scores(*scored, self.top_n)
-        dist = category_mass(scored[0], items.membership())  # (B, C) after each row's events
-        shift = dist - self._distribution_before(dist, prev, chained)
-        names = items.category_names()
+        A row may not recommend free rows of the matrix nor the items in its window; its
+        target's rank counts the items it may recommend that score higher (the target never
+        outranks itself, excluded or not). Categories come from all items, hidden ones too.
+        """
+        interest, windows, targets = rows.stacked(self.device)
+        scores = interest @ self.items.reps.T  # (rows, items)
+        distribution = category_mass(scores[: shown + baselines], self.items.membership())
+        ranked = targets >= 0
+        target_scores = None
+        if bool(ranked.any()):
+            target_scores = scores.gather(1, targets.clamp(min=0).unsqueeze(1))
+            target_scores[~ranked] = math.inf
+        if len(self.items) < len(self.items.alive):  # rows of deleted items, or spare ones
+            scores.masked_fill_(~self.items.alive, -math.inf)
+        hidden_row, hidden_slot = np.nonzero(windows >= 0)
+        if len(hidden_row):  # one scatter for the whole batch
+            at = torch.from_numpy(hidden_row).to(self.device)
+            scores[
+                at, torch.from_numpy(windows[hidden_row, hidden_slot]).to(self.device)
+            ] = -math.inf
+        top = scores[:shown].topk(min(self.top_n, scores.shape[1]), dim=-1)
+        ranks = None
+        if target_scores is None:
+            pass
+        elif scores.device.type == "cpu":  # numpy counts twice as fast as torch there
+            ranks = (scores.numpy() > target_scores.numpy()).sum(1) + 1
+        else:  # only the counts leave the device
+            ranks = ((scores > target_scores).sum(1) + 1).cpu().numpy()
+        return _Ranking(top.values, top.indices, distribution, ranks)
+
+    def _views(self, ranking: "_Ranking", shift_from: np.ndarray) -> Iterator[dict]:
+        """Each shown row's update body: top interests, their shift, recommendations.
+
+        shift_from: for each shown row, the row whose category distribution its shift is
+        measured from (a baseline, or the row before for a user's consecutive updates). Rows
+        become Python objects one at a time: a per-event replay has thousands of them per
+        batch, and every container alive at once makes each garbage collection longer."""
+        shown = len(ranking.top_scores)
+        dist = ranking.distribution[:shown]
+        shift = dist - ranking.distribution[torch.from_numpy(shift_from)]
+        names = self.items.category_names()
         k = min(self.top_categories, len(names))
         shares, top = dist.topk(k, dim=-1)  # (B, k) the largest shares
-        shown = torch.cat([top, shift.abs().topk(k, dim=-1).indices], dim=1)  # ... and movers
-        shares, shifts = _rounded(shares), _rounded(shift.gather(1, shown))
-        top, shown = top.tolist(), shown.tolist()
-        item_id = items.item_id
-        views = []
-        for row, (row_scores, row_index) in enumerate(
-            zip(_rounded(scores), index.tolist(), strict=True)
-        ):
-            views.append(
-                {
-                    "interests": dict(zip([names[c] for c in top[row]], shares[row], strict=True)),
-                    "interest_shift": dict(
-                        zip([names[c] for c in shown[row]], shifts[row], strict=True)
-                    ),
-                    "recommendations": [
-                        {"item_id": item_id(i), "score": s}
-                        for s, i in zip(row_scores, row_index, strict=True)
-                        if math.isfinite(s)
-                    ],
-                }
-            )
-        return views
-
-    def _distribution_before(
-        self, dist: torch.Tensor, prev: torch.Tensor, chained: list[bool] | None
-    ) -> torch.Tensor:
-        """The category distribution of each row's `prev` interest; a chained row's is the
-        row before's `dist`, not computed again."""
-        items = self.items
-        if chained is None:
-            return category_distribution(prev, items.reps, items.membership())
-        before = dist.roll(1, 0)
-        heads = ~torch.tensor(chained, device=self.device)
-        before[heads] = category_distribution(prev[heads], items.reps, items.membership())
-        return before
-
-    def _scored(
-        self, interest: torch.Tensor, recent: list[tuple[str, ...]]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, rows) item scores of each interest row, and what each row may not recommend."""
-        return interest @ self.items.reps.T, self._excluded(recent)
-
-    def _excluded(self, recent: list[tuple[str, ...]]) -> torch.Tensor:
-        """(B, rows) bool: what row b may not recommend: free rows and its recent items."""
-        rows, width = self.items.rows, len(self.items.alive)
-        exclude = (~self.items.alive).expand(len(recent), -1).clone()
-        hidden = [
-            b * width + row
-            for b, ids in enumerate(recent)
-            for row in map(rows.get, ids)
-            if row is not None
-        ]
-        if hidden:  # one scatter for the whole batch
-            exclude.view(-1)[torch.from_numpy(np.array(hidden)).to(self.device)] = True
-        return exclude
+        moved = torch.cat([top, shift.abs().topk(k, dim=-1).indices], dim=1)  # ... and movers
+        shifts = _rounded(shift.gather(1, moved))
+        shares, top, moved = _rounded(shares), top.numpy(force=True), moved.numpy(force=True)
+        scores, items = _rounded(ranking.top_scores), ranking.top_items.numpy(force=True)
+        ids = self.items.ids
+        for row in range(shown):
+            row_scores, row_items = scores[row].tolist(), items[row].tolist()
+            if row_scores and not math.isfinite(row_scores[-1]):  # fewer items than top_n
+                row_items = row_items[: sum(map(math.isfinite, row_scores))]
+            yield {
+                "interests": _by_name(names, top[row], shares[row]),
+                "interest_shift": _by_name(names, moved[row], shifts[row]),
+                "recommendations": [
+                    {"item_id": ids[i], "score": s}
+                    for s, i in zip(row_scores, row_items, strict=False)
+                ],
+            }
 
     def _record(self, stored: bytes | None) -> UserRecord:
         if stored is None:
@@ -388,22 +399,104 @@ class Engine:
     def _prev(self, blobs: list[bytes]) -> torch.Tensor:
         d = self.checkpoint.config.d_model
         rows = [np.frombuffer(b, dtype="<f4") if b else np.zeros(d, "<f4") for b in blobs]
-        return torch.from_numpy(np.stack(rows)).to(self.device)
+        return torch.from_numpy(np.asarray(rows, dtype=np.float32).reshape(len(rows), d)).to(
+            self.device
+        )
 
 
-def _rounded(values: torch.Tensor) -> list[list[float]]:
-    """`values` as nested lists, to DECIMALS places: shares and shifts in [-1, 1] and scores
+_SLOTS = np.arange(RECENT)
+
+
+class _Seen:
+    """The users' recent items as rows of the item matrix (-1: no longer in it), each user's
+    stored ones then the batch's: what a ranking made at any point keeps out of the
+    recommendations (the last RECENT items the user had seen then)."""
+
+    def __init__(
+        self,
+        matrix_rows: Mapping[str, int],
+        recent: Sequence[tuple[str, ...]],
+        applied: Sequence[Sequence[Incoming]],
+    ):
+        flat: list[int] = []  # each user's items, after RECENT -1s: a window never underflows
+        starts = []  # where each user's batch events start in `flat`
+        for stored, events in zip(recent, applied, strict=True):
+            flat += [-1] * RECENT + [matrix_rows.get(item_id, -1) for item_id in stored]
+            starts.append(len(flat))
+            flat += [incoming.item_row for incoming in events]
+        self._flat = np.array(flat, dtype=np.int64)
+        self._starts = np.array(starts, dtype=np.int64)
+
+    def before(self, user: np.ndarray, position: np.ndarray | int) -> np.ndarray:
+        """(len(user), RECENT): each user's window just before its batch event at `position`
+        (0: the stored window; a user's event count: after all of them)."""
+        end = self._starts[user] + position
+        return self._flat[(end - RECENT)[:, None] + _SLOTS]
+
+
+class _Rows:
+    """Rows to rank the items for, added block by block: an interest vector each, the window
+    of items it keeps out, and a target item whose rank it checks (-1: none)."""
+
+    def __init__(self):
+        self._interest: list[torch.Tensor] = []
+        self._windows: list[np.ndarray] = []
+        self._targets: list[np.ndarray] = []
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(
+        self, interest: torch.Tensor, windows: np.ndarray, targets: np.ndarray | None = None
+    ) -> range:
+        """Append a block of rows; returns their row numbers."""
+        n = len(interest)
+        if targets is None:
+            targets = np.full(n, -1)
+        if not len(windows) == len(targets) == n:
+            raise ValueError(f"{n} rows with {len(windows)} windows and {len(targets)} targets")
+        self._interest.append(interest)
+        self._windows.append(windows)
+        self._targets.append(np.asarray(targets, dtype=np.int64))
+        self._count += n
+        return range(self._count - n, self._count)
+
+    def stacked(self, device) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
+        """(rows, d) interests, (rows, RECENT) windows, (rows,) targets on `device`."""
+        targets = torch.from_numpy(np.concatenate(self._targets)).to(device)
+        return torch.cat(self._interest), np.concatenate(self._windows), targets
+
+
+@dataclass(frozen=True)
+class _Ranking:
+    top_scores: torch.Tensor  # (shown, n) best first; -inf past the recommendable items
+    top_items: torch.Tensor  # (shown, n) their item-matrix rows
+    distribution: torch.Tensor  # (shown + baselines, C) category distribution of each row
+    ranks: np.ndarray | None  # (rows,) each row's target's rank; None: no row has a target
+
+
+def _offset(incoming: Incoming) -> int:
+    return incoming.offset
+
+
+def _rounded(values: torch.Tensor) -> np.ndarray:
+    """`values` on the CPU, rounded to DECIMALS places: shares and shifts in [-1, 1] and scores
     of a few units, computed in float32, are not more precise than that, and every extra digit
     costs bytes in every update and time in JSON encoding."""
-    return values.double().round(decimals=DECIMALS).tolist()
+    return values.double().round(decimals=DECIMALS).numpy(force=True)
+
+
+def _by_name(names: list[str], categories: np.ndarray, values: np.ndarray) -> dict[str, float]:
+    return dict(zip([names[c] for c in categories.tolist()], values.tolist(), strict=True))
 
 
 def _event_ref(incoming: Incoming, rank: int | None) -> dict:
     event = incoming.event
     ref = {
         "event_id": event.event_id,
-        "event_type": event.event_type.value,
-        "timestamp": event.timestamp.isoformat(),
+        "event_type": event.event_type,  # orjson writes the enum's value, the time as ISO 8601
+        "timestamp": event.timestamp,
         "partition": incoming.partition,
         "offset": incoming.offset,
     }
