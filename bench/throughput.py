@@ -101,7 +101,7 @@ def main() -> None:
         taken = 0  # each rate's phase sends ratings not sent before: the engine drops repeats
         for target in (rate / 2, results["passthrough_events_per_s"] / 2):
             warm = int(target * args.warmup_seconds)
-            phase = live[taken : taken + warm + int(target * args.latency_seconds)]
+            phase = unsent(live, taken, warm + int(target * args.latency_seconds))
             taken += len(phase)
             warmup, stream = phase[:warm], phase[warm:]  # the peer gets the same, on its topic
             for name, measure, where in (
@@ -125,6 +125,27 @@ def main() -> None:
     finally:
         if kafka is not None:
             kafka.stop()
+
+
+def unsent(live: list, start: int, count: int) -> list:
+    """`count` ratings from position `start` of `live`, continued past its end by the same
+    ratings again as new events of new users (ids suffixed with the round), one time span
+    later: a fast engine's phases need more ratings than ml-100k has after the backlog."""
+    span = live[-1].timestamp - live[0].timestamp
+    phase = []
+    for position in range(start, start + count):
+        lap, event = divmod(position, len(live))
+        event = live[event]
+        if lap:
+            event = event.model_copy(
+                update={
+                    "event_id": f"{event.event_id}~{lap}",
+                    "user_id": f"{event.user_id}~{lap}",
+                    "timestamp": event.timestamp + lap * span,
+                }
+            )
+        phase.append(event)
+    return phase
 
 
 def untrained_checkpoint(path: Path, catalog) -> Path:
