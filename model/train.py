@@ -196,8 +196,8 @@ def add_data_arguments(p: argparse.ArgumentParser, split_from_checkpoint: bool =
     )
     p.add_argument(
         "--cache-dir",
-        default=os.environ.get("CURRENTS_CACHE_DIR", ".cache/item-vectors"),
-        help="item vector cache (env CURRENTS_CACHE_DIR; default .cache/item-vectors)",
+        default=os.environ.get("CURRENTS_ENCODER_CACHE", ".cache/item-vectors"),
+        help="item vector cache (env CURRENTS_ENCODER_CACHE; default .cache/item-vectors)",
     )
     p.add_argument(
         "--target-types",

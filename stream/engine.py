@@ -160,8 +160,6 @@ class Engine:
         ends = np.append(head[1:], True)[: len(events)] | self.per_event
         last = np.flatnonzero(ends)  # (G,) the event that ends each group
         starts = np.append(0, last[:-1] + 1)[: len(last)]  # ... and the one that starts it
-        group = np.cumsum(ends) - ends  # (E,) each event's group
-        after_end = np.append(False, ends[:-1])[: len(events)] & ~head  # a group before it
         covered = [events[start : end + 1] for start, end in zip(starts, last, strict=True)]
         if not self.per_event:  # a live update also covers the user's redelivered events
             covered = [
@@ -183,33 +181,38 @@ class Engine:
             [fresh.get(user, ()) for user in users],
         )
         position = np.arange(len(events)) - np.flatnonzero(head)[user_of]  # in the user's batch
+        after_group = np.append(False, ends[:-1])[: len(events)] & ~head  # a group ends before
         rows = _Rows()
         rows.add(
             out.interest[torch.from_numpy(last)],
             seen.before(user_of[last], position[last] + 1),
-            np.where(np.append(after_end[1:], False), np.roll(items, -1), -1)[last]
+            np.where(np.append(after_group[1:], False), np.roll(items, -1), -1)[last]
             if prequential else None,
         )  # fmt: skip
         everyone = np.arange(len(users))
+        before_batch = before
         if republished:
             kept = self._states([records[user].state for user in republished])
             rows.add(kept.interest, seen.before(everyone[len(stepped) :], 0))
+            before_batch = torch.cat(
+                [before, self._prev([records[u].prev_interest for u in republished])]
+            )
         baseline = rows.add(
-            torch.cat([before, self._prev([records[u].prev_interest for u in republished])]),
+            before_batch,
             seen.before(everyone, 0),
             np.where(first_seen, -1, items[head]) if prequential else None,
         )
-        rank_row = np.empty(len(events), dtype=np.int64)  # where each event's rank is read
-        rank_row[head] = baseline.start + user_of[head]
-        rank_row[after_end] = group[after_end] - 1
-        inside = np.flatnonzero(~head & ~after_end)
-        if prequential and len(inside):
-            met = rows.add(
+        if prequential:  # the row each event's rank is read from
+            rank_row = np.empty(len(events), dtype=np.int64)
+            rank_row[head] = baseline.start + user_of[head]
+            group = np.cumsum(ends) - ends  # each event's group; its update is row `group`
+            rank_row[after_group] = group[after_group] - 1
+            inside = np.flatnonzero(~head & ~after_group)
+            rank_row[inside] = rows.add(
                 out.prev_interest[torch.from_numpy(inside)],
                 seen.before(user_of[inside], position[inside]),
                 items[inside],
-            )
-            rank_row[inside] = met.start + np.arange(len(inside))
+            ).start + np.arange(len(inside))  # fmt: skip
         # each update's shift is measured from the update before it, or the user's baseline
         shift_from = np.concatenate(
             [
@@ -220,7 +223,7 @@ class Engine:
         ranking = self._rank(rows, shown=baseline.start, baselines=len(baseline))
 
         ranks: dict[int, int] = {}  # id(incoming) -> its prequential rank
-        if prequential and ranking.ranks is not None:
+        if ranking.ranks is not None:
             unranked = head & first_seen[user_of]  # no recommendations before a first event
             ranks = {
                 id(incoming): rank
@@ -314,14 +317,14 @@ class Engine:
         target's rank counts the items it may recommend that score higher (the target never
         outranks itself, excluded or not). Categories come from all items, hidden ones too.
         """
-        interest, windows, targets = rows.stacked(self.device)
+        interest, windows, targets = rows.stacked()
         scores = interest @ self.items.reps.T  # (rows, items)
         distribution = category_mass(scores[: shown + baselines], self.items.membership())
-        ranked = targets >= 0
         target_scores = None
-        if bool(ranked.any()):
-            target_scores = scores.gather(1, targets.clamp(min=0).unsqueeze(1))
-            target_scores[~ranked] = math.inf
+        if (targets >= 0).any():
+            target = torch.from_numpy(np.maximum(targets, 0)).to(self.device).unsqueeze(1)
+            target_scores = scores.gather(1, target)
+            target_scores[torch.from_numpy(targets < 0).to(self.device)] = math.inf
         if len(self.items) < len(self.items.alive):  # rows of deleted items, or spare ones
             scores.masked_fill_(~self.items.alive, -math.inf)
         hidden_row, hidden_slot = np.nonzero(windows >= 0)
@@ -462,10 +465,9 @@ class _Rows:
         self._count += n
         return range(self._count - n, self._count)
 
-    def stacked(self, device) -> tuple[torch.Tensor, np.ndarray, torch.Tensor]:
-        """(rows, d) interests, (rows, RECENT) windows, (rows,) targets on `device`."""
-        targets = torch.from_numpy(np.concatenate(self._targets)).to(device)
-        return torch.cat(self._interest), np.concatenate(self._windows), targets
+    def stacked(self) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+        """(rows, d) interests, (rows, RECENT) windows, (rows,) targets."""
+        return torch.cat(self._interest), *map(np.concatenate, (self._windows, self._targets))
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,6 @@ def test_run_command_streams_the_demo_and_stops_everything_on_ctrl_c(tmp_path):
         **{k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"},
         "CURRENTS_WEB_PORT": str(free_port()),
         "CURRENTS_ENCODER_CACHE": str(Path(".cache/item-vectors").absolute()),
-        "CURRENTS_CACHE_DIR": str(Path(".cache/item-vectors").absolute()),
         "PYTHONUNBUFFERED": "1",
     }
     command = [

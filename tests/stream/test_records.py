@@ -1,3 +1,5 @@
+import struct
+
 import pytest
 
 from schemas import DeadLetter, ErrorKind, InvalidMessage
@@ -45,6 +47,19 @@ def test_user_record_round_trips_and_recognises_redeliveries():
     assert UserRecord.from_bytes(record.to_bytes()) == record
     assert record.covers(3, 41) and record.covers(3, 0)
     assert not record.covers(3, 42) and not record.covers(2, 41)
+
+
+def test_user_records_of_format_1_are_still_read():
+    # format 1 (before 2026-12): every id prefixed with its UTF-8 length, u16 little endian
+    def ids(*values: str) -> bytes:
+        return b"".join(struct.pack("<H", len(v.encode())) + v.encode() for v in values)
+
+    events, items, prev, state = ids("e-1", "é-2"), ids("i-9"), bytes(range(16)), b"CUST..."
+    head = struct.pack(
+        "<4sHiqHHII", b"CUUR", 1, 3, 41, len(events), len(items), len(prev), len(state)
+    )
+    record = UserRecord.from_bytes(head + events + items + prev + state)
+    assert record == UserRecord(state, prev, 3, 41, ("e-1", "é-2"), ("i-9",))
 
 
 def test_truncated_or_foreign_user_records_are_refused():
