@@ -23,7 +23,6 @@ __all__ = [
     "category_distribution",
     "category_mass",
     "category_shift",
-    "rank_scores",
     "top_n",
 ]
 
@@ -163,13 +162,7 @@ def top_n(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rank all items: interest (B, d), reps (N, d), optional exclude (B, N) bool.
     Returns (scores, indices), each (B, min(n, N)), best first."""
-    return rank_scores(interest @ reps.T, exclude, n)
-
-
-def rank_scores(
-    scores: torch.Tensor, exclude: torch.Tensor | None, n: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """top_n from item scores (B, N) already computed."""
+    scores = interest @ reps.T
     if exclude is not None:
         scores = scores.masked_fill(exclude, float("-inf"))
     return scores.topk(min(n, scores.shape[1]), dim=-1)

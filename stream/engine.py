@@ -335,11 +335,9 @@ class Engine:
             ] = -math.inf
         top = scores[:shown].topk(min(self.top_n, scores.shape[1]), dim=-1)
         ranks = None
-        if target_scores is None:
-            pass
-        elif scores.device.type == "cpu":  # numpy counts twice as fast as torch there
-            ranks = (scores.numpy() > target_scores.numpy()).sum(1) + 1
-        else:  # only the counts leave the device
+        if target_scores is not None and scores.device.type == "cpu":
+            ranks = (scores.numpy() > target_scores.numpy()).sum(1) + 1  # numpy counts 2x faster
+        elif target_scores is not None:  # only the counts leave the device
             ranks = ((scores > target_scores).sum(1) + 1).cpu().numpy()
         return _Ranking(top.values, top.indices, distribution, ranks)
 
@@ -360,7 +358,7 @@ class Engine:
         shifts = _rounded(shift.gather(1, moved))
         shares, top, moved = _rounded(shares), top.numpy(force=True), moved.numpy(force=True)
         scores, items = _rounded(ranking.top_scores), ranking.top_items.numpy(force=True)
-        ids = self.items.ids
+        vectors = self.items.items
         for row in range(shown):
             row_scores, row_items = scores[row].tolist(), items[row].tolist()
             if row_scores and not math.isfinite(row_scores[-1]):  # fewer items than top_n
@@ -369,7 +367,7 @@ class Engine:
                 "interests": _by_name(names, top[row], shares[row]),
                 "interest_shift": _by_name(names, moved[row], shifts[row]),
                 "recommendations": [
-                    {"item_id": ids[i], "score": s}
+                    {"item_id": vectors[i].item_id, "score": s}
                     for s, i in zip(row_scores, row_items, strict=False)
                 ],
             }
@@ -446,9 +444,6 @@ class _Rows:
         self._windows: list[np.ndarray] = []
         self._targets: list[np.ndarray] = []
         self._count = 0
-
-    def __len__(self) -> int:
-        return self._count
 
     def add(
         self, interest: torch.Tensor, windows: np.ndarray, targets: np.ndarray | None = None

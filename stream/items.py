@@ -79,7 +79,6 @@ class ItemMatrix:
         self.device = device
         self.rows: dict[str, int] = {}
         self.items: list[ItemVector | None] = []
-        self.ids: list[str | None] = []  # item id of each row: rankings name their items from it
         self._free: list[int] = []  # rows of deleted items, reused first
         self.reps = torch.zeros(0, 0, device=device)  # (capacity, d)
         self.alive = torch.zeros(0, dtype=torch.bool, device=device)
@@ -119,7 +118,6 @@ class ItemMatrix:
         self.alive[index] = True
         for row, vector in zip(rows, vectors, strict=True):
             self.items[row] = vector
-            self.ids[row] = vector.item_id
             for category in vector.categories:
                 self.categories.setdefault(category, len(self.categories))
         self._membership = None
@@ -128,13 +126,12 @@ class ItemMatrix:
         row = self.rows.pop(item_id, None)
         if row is not None:
             self.items[row] = None
-            self.ids[row] = None
             self.alive[row] = False
             self._free.append(row)
             self._membership = None
 
     def item_id(self, row: int) -> str:
-        return self.ids[row]
+        return self.items[row].item_id
 
     def membership(self) -> torch.Tensor:
         """(rows of `reps`, categories) 0/1 float: which categories each row belongs to."""
@@ -157,7 +154,6 @@ class ItemMatrix:
             else:
                 row = len(self.items)
                 self.items.append(None)
-                self.ids.append(None)
             self.rows[item_id] = row
         return row
 
