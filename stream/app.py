@@ -25,6 +25,7 @@ from model.checkpoint import load_checkpoint
 from model.encoder import ItemEncoder, item_text
 from schemas import ErrorKind, InvalidMessage, ItemDeletion, decode_catalog
 from stream.batching import ready_batches
+from stream.consumer import tune_consumer
 from stream.engine import Engine
 from stream.items import (
     ItemMatrix,
@@ -44,7 +45,6 @@ __all__ = ["create_app", "create_worker"]
 
 log = logging.getLogger(__name__)
 EXIT_FATAL = 70  # a batch failed for a reason that is not its input: exit before it is acked
-FETCH_MAX_WAIT_MS = 50  # how long the broker may hold a fetch that finds no new record
 partitioner = DefaultPartitioner()  # Kafka's: murmur2 of the key, as Java clients hash it
 
 
@@ -352,8 +352,8 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
             _exit_fatal("an output was not written; exiting so that it is redelivered")
 
     @app.on_partitions_assigned.connect
-    async def fetch_promptly(sender, assigned, **kwargs) -> None:
-        _shorten_fetch_wait(app)
+    async def fetch_and_deliver_promptly(sender, assigned, **kwargs) -> None:
+        tune_consumer(app)
 
     @app.on_partitions_revoked.connect
     async def forget_positions(sender, revoked, **kwargs) -> None:
@@ -569,23 +569,6 @@ def _in_partition_of(event):
         yield
     finally:
         faust.streams._current_event.reset(token)
-
-
-def _shorten_fetch_wait(app: faust.App) -> None:
-    """Let the broker hold a fetch with no new record for FETCH_MAX_WAIT_MS, not Faust's 1.5 s.
-
-    aiokafka keeps one fetch in flight per broker, for the partitions whose records the worker
-    has consumed. When it goes out while the busy events partitions still have records
-    buffered, it asks only for quiet ones (the catalog's) and the broker holds it for its
-    whole wait; the busy partitions, drained meanwhile, cannot be fetched until it
-    returns. With Faust's hard-coded 1500 ms those stalls fed on themselves under a steady
-    load: seconds of latency at half the worker's capacity (docs/benchmarks.md). Private
-    aiokafka attribute (read for every fetch request); faust and aiokafka are pinned.
-    """
-    fetcher = app.consumer._thread._consumer._fetcher
-    if not hasattr(fetcher, "_fetch_max_wait_ms"):
-        raise RuntimeError("aiokafka's fetcher has changed: the fetch wait cannot be set")
-    fetcher._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
 
 
 async def _load_partition_metadata(app: faust.App, table) -> None:

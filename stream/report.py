@@ -25,8 +25,12 @@ WINDOWS = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedel
 
 def read_updates(bootstrap: str, topic: str) -> dict[str, dict]:
     """Every update in `topic` from its beginning to its current end, by update id (an update
-    re-published after a crash has the same id and content)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    re-published after a crash has the same id and content). Record CRCs are not checked again:
+    the broker checked them when they were produced, and kafka-python's CRC-32C is pure Python
+    (100,000 updates: 20 s with the check, 5 s without)."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, check_crcs=False
+    )
     try:
         if topic not in consumer.topics():
             raise ValueError(f"topic {topic!r} does not exist on {bootstrap}")

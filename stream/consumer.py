@@ -1,0 +1,96 @@
+"""Two costs of Faust's consumer that its settings do not reach, lowered on the live consumer.
+
+- **Fetch wait.** Faust hard-codes aiokafka's `fetch_max_wait_ms=1500`, and aiokafka keeps one
+  fetch in flight per broker, for the partitions whose records the worker has consumed. When it
+  goes out while the busy events partitions still have records buffered, it asks only for quiet
+  ones (the catalog's) and the broker holds it for its whole wait; the busy partitions, drained
+  meanwhile, cannot be fetched until it returns. Under a steady load those stalls fed on
+  themselves: seconds of latency at half the worker's capacity (docs/benchmarks.md).
+- **Delivery.** Faust hands every record to the streams with
+  `wait_first(callback(record), suspend_flow.wait())`, four tasks per record, so that a
+  rebalance can abandon a delivery that blocks on a full stream buffer. Nearly every delivery
+  completes without blocking: here it starts at once, in the consumer's task, and only one
+  that blocks goes on under `wait_first`, with the same outcome. A third of the live worker's
+  CPU per event went to those tasks (docs/benchmarks.md).
+
+Both touch private attributes (aiokafka's fetcher; mode's `Service.wait_first` on Faust's
+consumer); faust and aiokafka are pinned, and every integration test runs through them.
+"""
+
+import types
+from collections.abc import Coroutine, Generator
+
+import faust
+from mode.services import WaitResults
+
+__all__ = ["FETCH_MAX_WAIT_MS", "tune_consumer"]
+
+FETCH_MAX_WAIT_MS = 50  # how long the broker may hold a fetch that finds no new record
+
+
+def tune_consumer(app: faust.App) -> None:
+    """Shorten the fetch wait and start deliveries eagerly (idempotent: at every assignment)."""
+    consumer = app.consumer
+    fetcher = consumer._thread._consumer._fetcher
+    if not hasattr(fetcher, "_fetch_max_wait_ms"):
+        raise RuntimeError("aiokafka's fetcher has changed: the fetch wait cannot be set")
+    fetcher._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+    if "wait_first" not in vars(consumer):
+        consumer.wait_first = eager_wait_first(consumer)
+
+
+def eager_wait_first(service):
+    """`service.wait_first`, except that a first argument that is a delivery (a coroutine of
+    `service.callback`) runs at once in the caller's task. If it completes without waiting, its
+    result is returned as `wait_first` would; if it waits, it goes on under `wait_first`, which
+    cancels it when another argument (the flow's suspension) or the service's stop comes first."""
+    wait_first = service.wait_first
+
+    async def first_of(*coros, timeout=None) -> WaitResults:
+        delivery = coros[0] if coros else None
+        if not (
+            isinstance(delivery, types.CoroutineType)
+            and delivery.cr_code is getattr(service.callback, "__code__", None)
+        ):
+            return await wait_first(*coros, timeout=timeout)
+        try:
+            waiting_on = delivery.send(None)
+        except StopIteration as done:
+            _close(coros[1:])
+            return WaitResults([delivery], [done.value], False)
+        except BaseException:
+            _close(coros[1:])
+            raise
+        return await wait_first(_Resumed(delivery, waiting_on), *coros[1:], timeout=timeout)
+
+    return first_of
+
+
+class _Resumed:
+    """Await a coroutine that has already run up to its first wait (on `waiting_on`)."""
+
+    def __init__(self, coro: Coroutine, waiting_on):
+        self._coro, self._waiting_on = coro, waiting_on
+
+    def __await__(self) -> Generator:
+        coro, waiting_on = self._coro, self._waiting_on
+        while True:
+            try:
+                sent = yield waiting_on
+            except BaseException as thrown:  # a cancellation, say: the coroutine handles it
+                try:
+                    waiting_on = coro.throw(thrown)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    waiting_on = coro.send(sent)
+                except StopIteration as done:
+                    return done.value
+
+
+def _close(coros) -> None:
+    """Close coroutines that will not run (no 'never awaited' warning)."""
+    for coro in coros:
+        if isinstance(coro, types.CoroutineType):
+            coro.close()

@@ -1,0 +1,125 @@
+"""Eager delivery (stream/consumer.py) keeps `wait_first`'s outcomes without its tasks.
+
+A plain mode Service stands in for Faust's consumer: a `callback` that delivers a record and a
+flow that a rebalance suspends, as `Consumer._drain_messages` uses them.
+"""
+
+import asyncio
+import gc
+import warnings
+
+import pytest
+from mode import Service
+from mode.utils.locks import Event
+
+from stream.consumer import eager_wait_first
+
+
+class Consumer(Service):
+    def __init__(self, callback):
+        super().__init__()
+        self.callback = callback
+        self.suspend_flow = Event()
+        self.wait_first = eager_wait_first(self)
+
+
+def deliver(consumer: Consumer, record):
+    """What Faust's drain loop awaits for every record."""
+    return consumer.wait_first(consumer.callback(record), consumer.suspend_flow.wait())
+
+
+def run(test):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        asyncio.run(test())
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)]
+
+
+def test_a_delivery_that_does_not_wait_runs_in_the_callers_task():
+    async def test():
+        tasks = []
+
+        async def on_message(record):
+            tasks.append(asyncio.current_task())
+            return record * 2
+
+        consumer = Consumer(on_message)
+        results = await deliver(consumer, 21)
+        assert tasks == [asyncio.current_task()]  # no task made for it
+        assert results.results == [42] and not results.stopped
+
+    run(test)
+
+
+def test_a_delivery_that_waits_goes_on_to_its_end():
+    async def test():
+        steps = []
+        room = asyncio.get_running_loop().create_future()
+
+        async def on_message(record):
+            steps.append(("started", asyncio.current_task()))
+            steps.append(("put", await room))  # a full stream buffer, say
+            return record
+
+        consumer = Consumer(on_message)
+        asyncio.get_running_loop().call_later(0.01, room.set_result, "space")
+        results = await deliver(consumer, "record")
+        assert steps == [("started", asyncio.current_task()), ("put", "space")]
+        assert results.results == ["record"]
+
+    run(test)
+
+
+def test_a_suspended_flow_abandons_a_blocked_delivery_as_faust_does():
+    async def test():
+        ended = []
+
+        async def on_message(record):
+            try:
+                await asyncio.get_running_loop().create_future()  # never room
+            except asyncio.CancelledError:
+                ended.append("cancelled")
+                raise
+
+        consumer = Consumer(on_message)
+        asyncio.get_running_loop().call_later(0.01, consumer.suspend_flow.set)
+        results = await asyncio.wait_for(deliver(consumer, "record"), 5)
+        assert results.results == [True]  # the suspension's wait won, not the delivery
+        await asyncio.sleep(0)
+        assert ended == ["cancelled"]
+
+    run(test)
+
+
+@pytest.mark.parametrize("waits", [False, True])
+def test_a_delivery_error_reaches_the_drain_loop(waits):
+    async def test():
+        async def on_message(record):
+            if waits:
+                await asyncio.sleep(0.001)
+            raise ValueError(record)
+
+        with pytest.raises(ValueError, match="bad"):
+            await deliver(Consumer(on_message), "bad")
+
+    run(test)
+
+
+def test_other_waits_are_left_to_wait_first():
+    async def test():
+        tasks = []
+
+        async def on_message(record):
+            return record
+
+        async def something_else():
+            tasks.append(asyncio.current_task())
+            return "done"
+
+        consumer = Consumer(on_message)
+        results = await consumer.wait_first(something_else(), consumer.suspend_flow.wait())
+        assert results.results == ["done"]
+        assert tasks and tasks[0] is not asyncio.current_task()
+
+    run(test)
