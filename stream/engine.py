@@ -321,10 +321,11 @@ class Engine:
         scores = interest @ self.items.reps.T  # (rows, items)
         distribution = category_mass(scores[: shown + baselines], self.items.membership())
         target_scores = None
-        if (targets >= 0).any():
+        ranked = targets >= 0
+        if ranked.any():
             target = torch.from_numpy(np.maximum(targets, 0)).to(self.device).unsqueeze(1)
             target_scores = scores.gather(1, target)
-            target_scores[torch.from_numpy(targets < 0).to(self.device)] = math.inf
+            target_scores[torch.from_numpy(~ranked).to(self.device)] = math.inf
         if len(self.items) < len(self.items.alive):  # rows of deleted items, or spare ones
             scores.masked_fill_(~self.items.alive, -math.inf)
         hidden_row, hidden_slot = np.nonzero(windows >= 0)
@@ -358,7 +359,7 @@ class Engine:
         shifts = _rounded(shift.gather(1, moved))
         shares, top, moved = _rounded(shares), top.numpy(force=True), moved.numpy(force=True)
         scores, items = _rounded(ranking.top_scores), ranking.top_items.numpy(force=True)
-        vectors = self.items.items
+        item_id = self.items.item_id
         for row in range(shown):
             row_scores, row_items = scores[row].tolist(), items[row].tolist()
             if row_scores and not math.isfinite(row_scores[-1]):  # fewer items than top_n
@@ -367,7 +368,7 @@ class Engine:
                 "interests": _by_name(names, top[row], shares[row]),
                 "interest_shift": _by_name(names, moved[row], shifts[row]),
                 "recommendations": [
-                    {"item_id": vectors[i].item_id, "score": s}
+                    {"item_id": item_id(i), "score": s}
                     for s, i in zip(row_scores, row_items, strict=False)
                 ],
             }
