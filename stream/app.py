@@ -25,7 +25,7 @@ from model.checkpoint import load_checkpoint
 from model.encoder import ItemEncoder, item_text
 from schemas import ErrorKind, InvalidMessage, ItemDeletion, decode_catalog
 from stream.batching import ready_batches
-from stream.consumer import tune_consumer
+from stream.consumer import fetch_min_bytes, set_fetch_min_bytes, tune_consumer
 from stream.engine import Engine
 from stream.items import (
     ItemMatrix,
@@ -88,6 +88,7 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
     # they produced: (next offset after the batch, an event of the batch, its sends).
     unconfirmed: dict[int, list[tuple[int, object, list]]] = {}
     assignment = [0]  # bumped on every revocation: a batch that straddles one records nothing
+    inflow = [0, time.monotonic()]  # bytes of events taken since, and when, fetches were sized
 
     app = faust.App(
         settings.app_id,
@@ -252,6 +253,7 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
         confirm_progress()
         generation = assignment[0]
         metrics.batch_events.observe(len(batch))
+        inflow[0] += sum(len(event.value or b"") for event in batch)
         partitions = {}  # partition -> (an event of it, its records in offset order)
         for event in batch:
             record = _record(event)
@@ -350,6 +352,12 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
             confirm_progress()  # the last batch before a pause waits for no next batch
         except Exception:
             _exit_fatal("an output was not written; exiting so that it is redelivered")
+
+    @app.timer(1.0)
+    async def size_fetches_to_inflow():
+        now = time.monotonic()
+        set_fetch_min_bytes(app, fetch_min_bytes(inflow[0] / (now - inflow[1])))
+        inflow[:] = [0, now]
 
     @app.on_partitions_assigned.connect
     async def fetch_and_deliver_promptly(sender, assigned, **kwargs) -> None:

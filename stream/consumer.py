@@ -1,4 +1,4 @@
-"""Two costs of Faust's consumer that its settings do not reach, lowered on the live consumer.
+"""Three costs of Faust's consumer that its settings do not reach, lowered on the live consumer.
 
 - **Fetch wait.** Faust hard-codes aiokafka's `fetch_max_wait_ms=1500`, and aiokafka keeps one
   fetch in flight per broker, for the partitions whose records the worker has consumed. When it
@@ -6,6 +6,12 @@
   ones (the catalog's) and the broker holds it for its whole wait; the busy partitions, drained
   meanwhile, cannot be fetched until it returns. Under a steady load those stalls fed on
   themselves: seconds of latency at half the worker's capacity (docs/benchmarks.md).
+- **Fetch size.** aiokafka asks the broker to answer a fetch as soon as it has one byte: under a
+  steady load every fetch carries a handful of records, and each costs the consumer thread a
+  request to encode, a response to decode and a hand-over to the event loop, with the GIL taken
+  back after every socket call. The fetch's minimum size follows the inflow instead: about
+  `FETCH_FILL_SECONDS` of it, so a quiet stream is still answered at once, and a busy one in
+  fewer, fuller fetches at a cost of a few milliseconds (`fetch_min_bytes`).
 - **Delivery.** Faust hands every record to the streams with
   `wait_first(callback(record), suspend_flow.wait())`, four tasks per record, so that a
   rebalance can abandon a delivery that blocks on a full stream buffer. Nearly every delivery
@@ -13,7 +19,7 @@
   that blocks goes on under `wait_first`, with the same outcome. A third of the live worker's
   CPU per event went to those tasks (docs/benchmarks.md).
 
-Both touch private attributes (aiokafka's fetcher; mode's `Service.wait_first` on Faust's
+All touch private attributes (aiokafka's fetcher; mode's `Service.wait_first` on Faust's
 consumer); faust and aiokafka are pinned, and every integration test runs through them.
 """
 
@@ -23,20 +29,38 @@ from collections.abc import Coroutine, Generator
 import faust
 from mode.services import WaitResults
 
-__all__ = ["FETCH_MAX_WAIT_MS", "tune_consumer"]
+__all__ = ["FETCH_MAX_WAIT_MS", "fetch_min_bytes", "set_fetch_min_bytes", "tune_consumer"]
 
 FETCH_MAX_WAIT_MS = 50  # how long the broker may hold a fetch that finds no new record
+FETCH_FILL_SECONDS = 0.01  # under a steady load, a fetch waits for about this much inflow
+FETCH_MIN_BYTES_CAP = 1 << 16  # far below a fetch's maximum (1 MiB a partition)
 
 
 def tune_consumer(app: faust.App) -> None:
     """Shorten the fetch wait and start deliveries eagerly (idempotent: at every assignment)."""
     consumer = app.consumer
     fetcher = consumer._thread._consumer._fetcher
-    if not hasattr(fetcher, "_fetch_max_wait_ms"):
+    if not all(hasattr(fetcher, name) for name in ("_fetch_max_wait_ms", "_fetch_min_bytes")):
         raise RuntimeError("aiokafka's fetcher has changed: the fetch wait cannot be set")
     fetcher._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
     if "wait_first" not in vars(consumer):
         consumer.wait_first = eager_wait_first(consumer)
+
+
+def fetch_min_bytes(inflow_bytes_per_second: float) -> int:
+    """The least a fetch should bring back for an inflow of records this fast: about
+    `FETCH_FILL_SECONDS` of it. A fetch never waits longer than `FETCH_MAX_WAIT_MS` for it,
+    should the inflow stop."""
+    wanted = int(inflow_bytes_per_second * FETCH_FILL_SECONDS)
+    return max(1, min(FETCH_MIN_BYTES_CAP, wanted))
+
+
+def set_fetch_min_bytes(app: faust.App, size: int) -> None:
+    """Ask the broker to hold the next fetches until it has `size` bytes (or the fetch wait
+    is over). A no-op before the consumer has started."""
+    aiokafka_consumer = getattr(app.consumer._thread, "_consumer", None)
+    if aiokafka_consumer is not None:
+        aiokafka_consumer._fetcher._fetch_min_bytes = size
 
 
 def eager_wait_first(service):

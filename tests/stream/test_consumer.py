@@ -1,4 +1,5 @@
-"""Eager delivery (stream/consumer.py) keeps `wait_first`'s outcomes without its tasks.
+"""Eager delivery (stream/consumer.py) keeps `wait_first`'s outcomes without its tasks, and
+fetches are sized to the inflow.
 
 A plain mode Service stands in for Faust's consumer: a `callback` that delivers a record and a
 flow that a rebalance suspends, as `Consumer._drain_messages` uses them.
@@ -12,7 +13,12 @@ import pytest
 from mode import Service
 from mode.utils.locks import Event
 
-from stream.consumer import eager_wait_first
+from stream.consumer import (
+    FETCH_FILL_SECONDS,
+    FETCH_MIN_BYTES_CAP,
+    eager_wait_first,
+    fetch_min_bytes,
+)
 
 
 class Consumer(Service):
@@ -123,3 +129,13 @@ def test_other_waits_are_left_to_wait_first():
         assert tasks and tasks[0] is not asyncio.current_task()
 
     run(test)
+
+
+def test_fetches_wait_for_about_ten_milliseconds_of_a_steady_inflow():
+    assert fetch_min_bytes(480_000) == 4_800  # 3,200 events/s of 150 bytes
+    assert fetch_min_bytes(10 * FETCH_MIN_BYTES_CAP / FETCH_FILL_SECONDS) == FETCH_MIN_BYTES_CAP
+
+
+def test_a_quiet_stream_is_fetched_as_soon_as_a_record_arrives():
+    assert fetch_min_bytes(0.0) == 1
+    assert fetch_min_bytes(50.0) == 1  # a third of an event a second
