@@ -57,10 +57,11 @@ def fetch_min_bytes(inflow_bytes_per_second: float) -> int:
 
 def set_fetch_min_bytes(app: faust.App, size: int) -> None:
     """Ask the broker to hold the next fetches until it has `size` bytes (or the fetch wait
-    is over). A no-op before the consumer has started."""
+    is over). A no-op until the consumer has started."""
     aiokafka_consumer = getattr(app.consumer._thread, "_consumer", None)
-    if aiokafka_consumer is not None:
-        aiokafka_consumer._fetcher._fetch_min_bytes = size
+    fetcher = getattr(aiokafka_consumer, "_fetcher", None)  # None until it has started
+    if fetcher is not None:
+        fetcher._fetch_min_bytes = size
 
 
 def eager_wait_first(service):

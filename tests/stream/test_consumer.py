@@ -9,6 +9,7 @@ import asyncio
 import gc
 import warnings
 
+import faust
 import pytest
 from mode import Service
 from mode.utils.locks import Event
@@ -18,6 +19,7 @@ from stream.consumer import (
     FETCH_MIN_BYTES_CAP,
     eager_wait_first,
     fetch_min_bytes,
+    set_fetch_min_bytes,
 )
 
 
@@ -139,3 +141,12 @@ def test_fetches_wait_for_about_ten_milliseconds_of_a_steady_inflow():
 def test_a_quiet_stream_is_fetched_as_soon_as_a_record_arrives():
     assert fetch_min_bytes(0.0) == 1
     assert fetch_min_bytes(50.0) == 1  # a third of an event a second
+
+
+def test_sizing_fetches_before_the_consumer_has_started_does_nothing():
+    async def test():
+        app = faust.App("sizing-before-start", broker="kafka://127.0.0.1:1")
+        set_fetch_min_bytes(app, 4_800)  # what the worker's timer may do while it starts
+        assert app.consumer._thread._consumer is None
+
+    run(test)
