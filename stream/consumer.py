@@ -39,9 +39,9 @@ FETCH_MIN_BYTES_CAP = 1 << 16  # far below a fetch's maximum (1 MiB a partition)
 def tune_consumer(app: faust.App) -> None:
     """Shorten the fetch wait and start deliveries eagerly (idempotent: at every assignment)."""
     consumer = app.consumer
-    fetcher = consumer._thread._consumer._fetcher
+    fetcher = _fetcher(app)
     if not all(hasattr(fetcher, name) for name in ("_fetch_max_wait_ms", "_fetch_min_bytes")):
-        raise RuntimeError("aiokafka's fetcher has changed: the fetch wait cannot be set")
+        raise RuntimeError("aiokafka's fetcher has changed: fetches cannot be tuned")
     fetcher._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
     if "wait_first" not in vars(consumer):
         consumer.wait_first = eager_wait_first(consumer)
@@ -58,10 +58,16 @@ def fetch_min_bytes(inflow_bytes_per_second: float) -> int:
 def set_fetch_min_bytes(app: faust.App, size: int) -> None:
     """Ask the broker to hold the next fetches until it has `size` bytes (or the fetch wait
     is over). A no-op until the consumer has started."""
-    aiokafka_consumer = getattr(app.consumer._thread, "_consumer", None)
-    fetcher = getattr(aiokafka_consumer, "_fetcher", None)  # None until it has started
+    fetcher = _fetcher(app)
     if fetcher is not None:
         fetcher._fetch_min_bytes = size
+
+
+def _fetcher(app: faust.App):
+    """The aiokafka fetcher under Faust's consumer thread; None until the consumer has started
+    (Faust creates the aiokafka consumer first, and aiokafka its fetcher at start)."""
+    aiokafka_consumer = getattr(app.consumer._thread, "_consumer", None)
+    return getattr(aiokafka_consumer, "_fetcher", None)
 
 
 def eager_wait_first(service):
