@@ -108,15 +108,16 @@ def main() -> None:
                 ("engine", engine_latency, settings),
                 ("passthrough", passthrough_latency, bootstrap),
             ):
-                p50, p99, count, cpu = measure(where, work, warmup, stream, target)
+                p50, p99, count, cpu, per_5s = measure(where, work, warmup, stream, target)
                 results["latency"].append(
                     {"of": name, "rate": target, "events": count, "p50_ms": p50, "p99_ms": p99,
-                     "cpu": cpu}
+                     "p99_ms_per_5s": per_5s, "cpu": cpu}
                 )  # fmt: skip
                 print(
                     f"(c) {name} at {target:.0f} events/s: p50 {p50:.0f} ms, p99 {p99:.0f} ms "
                     f"(CPU: worker {cpu['worker']:.0%} of a core, load generator "
-                    f"{cpu['load_generator']:.0%}, machine idle {cpu['machine_idle']:.0%})"
+                    f"{cpu['load_generator']:.0%}, machine idle {cpu['machine_idle']:.0%}); "
+                    f"p99 of each 5 s: {' '.join(f'{v:.0f}' for v in per_5s)} ms"
                 )
         results["cpu_steal"] = steal_share(started)
         print(f"CPU time taken by the hypervisor during the run: {results['cpu_steal']:.0%}")
@@ -242,7 +243,8 @@ def latency(bootstrap: str, source: str, sink: str, warmup, stream, rate: float,
     not counted: a process that has just started fetches metadata, opens stores and fills
     caches on its first events, which a long-running worker did long ago. The outputs are read
     afterwards, from the sink's end offsets taken before: while the worker is measured, only the
-    load generator runs beside it. Also returns the CPU shares of the measured window."""
+    load generator runs beside it. Returns p50, p99, the events measured, the CPU shares of
+    the measured window, and the p99 of each 5 s of it (a tail spread out, or one episode)."""
     start = end_offsets(bootstrap, sink)
     sent, cpu = send_paced(bootstrap, source, warmup, stream, rate, pid)
     consumer = KafkaConsumer(
@@ -264,8 +266,16 @@ def latency(bootstrap: str, source: str, sink: str, warmup, stream, rate: float,
     if not latencies:
         raise TimeoutError(f"{sink}: no output for the {len(sent)} events sent to {source}")
     ordered = sorted(latencies.values())
-    pick = lambda q: float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])  # noqa: E731
-    return pick(0.50), pick(0.99), len(ordered), cpu
+    first = min(sent.values())
+    slices: dict[int, list[int]] = {}  # the measured window in 5 s slices, by send time
+    for event_id, took in latencies.items():
+        slices.setdefault((sent[event_id] - first) // 5000, []).append(took)
+    per_5s = [quantile(sorted(slices[s]), 0.99) for s in sorted(slices)]
+    return quantile(ordered, 0.50), quantile(ordered, 0.99), len(ordered), cpu, per_5s
+
+
+def quantile(ordered: list, q: float) -> float:
+    return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
 
 
 def send_paced(bootstrap: str, topic: str, warmup, stream, rate: float, pid: int):
