@@ -1,6 +1,7 @@
 """Replay against live on the same history, in one run: rates, and the prequential report.
 
     python bench/replay.py --checkpoint PATH [--report docs/replay-ml100k] [--window week]
+                           [--rounds 1]
 
 The ml-100k ratings go into a fresh topic in timestamp order. (a) A live worker (batches of
 256) works through them as a backlog; (b) `currents replay` (batches of 1024, one update per
@@ -9,12 +10,15 @@ event with its prequential rank) re-scores the same topic from the beginning, an
 rates come from the Kafka timestamps of the first and last outputs, read after the run, so
 measuring costs the run nothing. Wall times include each replay's start. The report (JSON + PNG)
 goes to --report; with a checkpoint trained `--before` some time, the weeks after it are
-history the model never saw.
+history the model never saw. With --rounds N, (a), (b) and (c) run N times, alternating (each
+round a new consumer group and namespaces): the host's speed drifts by tens of percent within
+minutes, so a ratio is taken within each round and the median over the rounds is reported.
 """
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -42,6 +46,7 @@ def main() -> None:
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--report", type=Path, default=ROOT / "docs/replay-ml100k")
     parser.add_argument("--window", default="week", choices=("hour", "day", "week"))
+    parser.add_argument("--rounds", type=int, default=1, help="(a), (b), (c) alternating (1)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     args.checkpoint, args.report = args.checkpoint.resolve(), args.report.resolve()
@@ -73,44 +78,35 @@ def main() -> None:
         terminate(worker)
         produce(bootstrap, settings.events_topic, events, lambda e: e.user_id)
 
-        worker = spawn_worker(settings, work / "live.log", loglevel="warning")
-        try:
-            ready(settings, worker)
-            live_rate = wait_and_rate(settings, len(events), worker)
-        finally:
-            terminate(worker)
-        print(f"(a) live: {live_rate:.0f} events/s", flush=True)
-
-        env = {**os.environ, **settings.to_env()}
-        env.pop("KAFKA_BOOTSTRAP", None)
-        replays = {}
-        for label, name, options in (
-            ("(b) replay", "bench", ["--report", str(args.report), "--window", args.window]),
-            ("(c) replay --coalesce", "bench-coalesced", ["--coalesce"]),
-        ):
-            replays[name] = run_replay(args.checkpoint, name, options, env, work, bootstrap)
-            done, rate, wall = replays[name]
-            print(f"{label}: {rate:.0f} events/s ({done} updates; {wall:.0f} s wall)", flush=True)
+        rounds = []
+        for number in range(args.rounds):
+            if args.rounds > 1:
+                print(f"round {number + 1} of {args.rounds}", flush=True)
+            suffix = f"-{number}" if number else ""  # the first round keeps the names of one
+            live = settings.model_copy(
+                update={"app_id": f"bench-live{suffix}", "updates_topic": f"bench.updates{suffix}",
+                        "data_dir": work / f"live{suffix}"}
+            )  # fmt: skip
+            ensure_topics(live)
+            rounds.append(run_round(args, live, len(events), work, suffix, report=number == 0))
         report = json.loads((args.report / "report.json").read_text())
         result = next(iter(report["topics"].values()))
         print(f"    prequential HR@10 {result['hr@10']:.4f}, NDCG@10 {result['ndcg@10']:.4f}")
         results = {
             "machine": machine(), "git": git_sha(), "events": len(events),
             "partitions": args.partitions, "checkpoint": str(args.checkpoint),
-            "live_events_per_s": live_rate,
             "prequential": {k: result[k] for k in ("events", "scored", "hr@10", "ndcg@10")},
             "first_event": events[0].timestamp.isoformat(),
             "last_event": events[-1].timestamp.isoformat(),
+            "rounds": rounds,
         }  # fmt: skip
-        for prefix, name in (("replay", "bench"), ("coalesced_replay", "bench-coalesced")):
-            updates, rate, wall = replays[name]
-            results[f"{prefix}_events_per_s"] = rate
-            results[f"{prefix}_vs_live"] = rate / live_rate
-            results[f"{prefix}_updates"] = updates
-            results[f"{prefix}_wall_s"] = wall
+        # each figure's median over the rounds; a ratio's, of the ratios within each round
+        for key in rounds[0]:
+            results[key] = statistics.median(r[key] for r in rounds)
         print(
             f"    replay / live: {results['replay_vs_live']:.2f} (one update per event), "
             f"{results['coalesced_replay_vs_live']:.2f} (--coalesce)"
+            + (f"; medians of {args.rounds} rounds" if args.rounds > 1 else "")
         )
         results["cpu_steal"] = steal_share(started)
         print(f"    CPU time taken by the hypervisor during the run: {results['cpu_steal']:.0%}")
@@ -119,6 +115,32 @@ def main() -> None:
     finally:
         if kafka is not None:
             kafka.stop()
+
+
+def run_round(args, live: Settings, total: int, work: Path, suffix: str, report: bool) -> dict:
+    """(a) live, (b) replay, (c) replay --coalesce, one after the other; their rates."""
+    worker = spawn_worker(live, work / f"live{suffix}.log", loglevel="warning")
+    try:
+        ready(live, worker)
+        live_rate = wait_and_rate(live, total, worker)
+    finally:
+        terminate(worker)
+    print(f"(a) live: {live_rate:.0f} events/s", flush=True)
+    env = {**os.environ, **live.to_env()}
+    env.pop("KAFKA_BOOTSTRAP", None)
+    figures = {"live_events_per_s": live_rate}
+    report_options = ["--report", str(args.report), "--window", args.window] if report else []
+    for label, prefix, name, options in (
+        ("(b) replay", "replay", f"bench{suffix}", report_options),
+        ("(c) replay --coalesce", "coalesced_replay", f"bench-coalesced{suffix}", ["--coalesce"]),
+    ):
+        updates, rate, wall = run_replay(args.checkpoint, name, options, env, work, live.bootstrap)
+        print(f"{label}: {rate:.0f} events/s ({updates} updates; {wall:.0f} s wall)", flush=True)
+        figures |= {
+            f"{prefix}_events_per_s": rate, f"{prefix}_vs_live": rate / live_rate,
+            f"{prefix}_updates": updates, f"{prefix}_wall_s": wall,
+        }  # fmt: skip
+    return figures
 
 
 def run_replay(checkpoint: Path, name: str, options: list[str], env, work: Path, bootstrap: str):
