@@ -49,6 +49,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=1, help="(a), (b), (c) alternating (1)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     args.checkpoint, args.report = args.checkpoint.resolve(), args.report.resolve()
 
     started = cpu_times()

@@ -253,10 +253,10 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
         confirm_progress()
         generation = assignment[0]
         metrics.batch_events.observe(len(batch))
-        inflow[0] += sum(len(event.value or b"") for event in batch)
         partitions = {}  # partition -> (an event of it, its records in offset order)
         for event in batch:
             record = _record(event)
+            inflow[0] += len(record.value or b"")
             partitions.setdefault(record.partition, (event, []))[1].append(record)
             next_offsets[record.partition] = record.offset + 1
         loop = asyncio.get_running_loop()
