@@ -486,10 +486,15 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
 
     @app.page("/health")
     async def health(web, request):
+        # Faust pauses the streams while it restores the tables from their changelogs (at
+        # start and after a rebalance): a worker restoring would serve stale interests.
+        recovery = app.tables.recovery
+        restored = recovery.completed.is_set() and not recovery.in_recovery
         return web.json(
             {
                 "status": "ok",
-                "ready": items_ready.is_set(),
+                "ready": items_ready.is_set() and restored,
+                "tables_restored": restored,
                 "items": len(items),
                 "model_version": checkpoint.version,
             }

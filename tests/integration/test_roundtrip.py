@@ -47,7 +47,8 @@ def test_user_states_live_in_rocksdb_and_are_restored_from_the_changelog(
     assert_same_views(served(worker, users), before)
     assert worker.stop() == 0, worker.tail()
 
-    # An empty data dir: the table is rebuilt from its changelog topic alone.
+    # An empty data dir: the table is rebuilt from its changelog topic alone, before the
+    # worker says it is ready (its first answers are the restored states).
     fresh = settings.model_copy(update={"data_dir": tmp_path / "fresh"})
     worker = start_worker(fresh)
     worker.wait_ready()
