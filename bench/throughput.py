@@ -92,18 +92,15 @@ def main() -> None:
         }
         settings = Settings(
             app_id="bench-engine", bootstrap=bootstrap, partitions=args.partitions,
-            events_topic="bench.events", catalog_topic="bench.catalog",
-            item_vectors_topic="bench.item-vectors", updates_topic="bench.updates",
-            dead_letter_topic="bench.dead-letters", data_dir=work / "engine",
-            web_port=free_port(), checkpoint=checkpoint,
+            **engine_topics("bench"), data_dir=work / "engine", web_port=free_port(),
+            checkpoint=checkpoint,
         )  # fmt: skip
         if args.broker_warmup_seconds > 0:
             per_5s = warm_broker(settings, work, catalog, live, args.broker_warmup_seconds)
             results["broker_warmup_p99_ms_per_5s"] = per_5s
             print(
                 f"broker warm-up: {args.broker_warmup_seconds:.0f} s at {BROKER_WARMUP_RATE:.0f} "
-                f"events/s, not measured (p99 of each 5 s: {' '.join(f'{v:.0f}' for v in per_5s)}"
-                " ms)",
+                f"events/s, not measured (p99 of each 5 s: {milliseconds(per_5s)} ms)",
                 flush=True,
             )
         results["passthrough_events_per_s"] = passthrough_rate(bootstrap, work, backlog, args)
@@ -140,7 +137,7 @@ def main() -> None:
                     f"(CPU: worker {cpu['worker']:.0%} of a core, load generator "
                     f"{cpu['load_generator']:.0%}, the rest (the broker) {cpu['rest']:.0%}, "
                     f"machine idle {cpu['machine_idle']:.0%}, stolen {cpu['machine_steal']:.0%}); "
-                    f"p99 of each 5 s: {' '.join(f'{v:.0f}' for v in per_5s)} ms"
+                    f"p99 of each 5 s: {milliseconds(per_5s)} ms"
                 )
         results["cpu_steal"] = steal_share(started)
         print(f"CPU time taken by the hypervisor during the run: {results['cpu_steal']:.0%}")
@@ -160,10 +157,8 @@ def warm_broker(settings: Settings, work: Path, catalog, events, seconds: float)
     (docs/benchmarks.md). A long-running broker did that long ago."""
     warm = settings.model_copy(
         update={
-            "app_id": "bench-broker-warmup", "events_topic": "bench.warmup.events",
-            "catalog_topic": "bench.warmup.catalog", "updates_topic": "bench.warmup.updates",
-            "item_vectors_topic": "bench.warmup.item-vectors", "web_port": free_port(),
-            "dead_letter_topic": "bench.warmup.dead-letters", "data_dir": work / "warmup",
+            "app_id": "bench-broker-warmup", **engine_topics("bench.warmup"),
+            "data_dir": work / "warmup", "web_port": free_port(),
         }
     )  # fmt: skip
     ensure_topics(warm)
@@ -171,6 +166,19 @@ def warm_broker(settings: Settings, work: Path, catalog, events, seconds: float)
     stream = unsent(events, 0, int(BROKER_WARMUP_RATE * seconds))
     *_, per_5s = engine_latency(warm, work, [], stream, BROKER_WARMUP_RATE)
     return per_5s
+
+
+def engine_topics(prefix: str) -> dict[str, str]:
+    """The engine's five topics, named under `prefix`."""
+    return {
+        "events_topic": f"{prefix}.events", "catalog_topic": f"{prefix}.catalog",
+        "item_vectors_topic": f"{prefix}.item-vectors", "updates_topic": f"{prefix}.updates",
+        "dead_letter_topic": f"{prefix}.dead-letters",
+    }  # fmt: skip
+
+
+def milliseconds(values) -> str:
+    return " ".join(f"{v:.0f}" for v in values)
 
 
 def unsent(live: list, start: int, count: int) -> list:
