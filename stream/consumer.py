@@ -40,6 +40,8 @@ def tune_consumer(app: faust.App) -> None:
     """Shorten the fetch wait and start deliveries eagerly (idempotent: at every assignment)."""
     consumer = app.consumer
     fetcher = _fetcher(app)
+    if fetcher is None:
+        raise RuntimeError("the consumer has not started: tune it once partitions are assigned")
     if not all(hasattr(fetcher, name) for name in ("_fetch_max_wait_ms", "_fetch_min_bytes")):
         raise RuntimeError("aiokafka's fetcher has changed: fetches cannot be tuned")
     fetcher._fetch_max_wait_ms = FETCH_MAX_WAIT_MS

@@ -20,6 +20,7 @@ from stream.consumer import (
     eager_wait_first,
     fetch_min_bytes,
     set_fetch_min_bytes,
+    tune_consumer,
 )
 
 
@@ -146,7 +147,16 @@ def test_a_quiet_stream_is_fetched_as_soon_as_a_record_arrives():
 def test_sizing_fetches_before_the_consumer_has_started_does_nothing():
     async def test():
         app = faust.App("sizing-before-start", broker="kafka://127.0.0.1:1")
-        set_fetch_min_bytes(app, 4_800)  # what the worker's timer may do while it starts
-        assert app.consumer._thread._consumer is None
+        assert app.consumer._thread._consumer is None  # Faust has not created it yet
+        set_fetch_min_bytes(app, 4_800)  # what the worker's timer may do while it starts: no error
+
+    run(test)
+
+
+def test_tuning_a_consumer_that_has_not_started_says_so():
+    async def test():
+        app = faust.App("tuning-before-start", broker="kafka://127.0.0.1:1")
+        with pytest.raises(RuntimeError, match="has not started"):
+            tune_consumer(app)
 
     run(test)
