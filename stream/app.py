@@ -35,7 +35,7 @@ from stream.items import (
     text_digest,
 )
 from stream.metrics import Metrics
-from stream.progress import HoleReader, Record, holes
+from stream.progress import HoleReader, LostTails, Record, holes
 from stream.records import dead_letter
 from stream.replay import ReplayPlan, stop_when_complete
 from stream.settings import Settings
@@ -88,6 +88,8 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
     # they produced: (next offset after the batch, an event of the batch, its sends).
     unconfirmed: dict[int, list[tuple[int, object, list]]] = {}
     assignment = [0]  # bumped on every revocation: a batch that straddles one records nothing
+    in_batch = [False]  # the agent is processing a batch (its next offsets are about to move)
+    lost_tails = LostTails()
     inflow = [0, time.monotonic()]  # bytes of events taken since, and when, fetches were sized
 
     app = faust.App(
@@ -242,12 +244,14 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
         """Micro-batches across users: one batched model step, one record and update per user."""
         async for batch in ready_batches(stream, settings.batch_size, settings.batch_window):
             await items_ready.wait()
+            in_batch[0] = True
             try:
                 await process(batch)
             except Exception:
                 # Not the input's fault (that is dead-lettered): stop before the batch is acked,
                 # so a restarted worker processes it again.
                 _exit_fatal("a batch failed; exiting so that it is redelivered")
+            in_batch[0] = False
 
     async def process(batch) -> None:
         confirm_progress()
@@ -359,6 +363,32 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
         set_fetch_min_bytes(app, fetch_min_bytes(inflow[0] / (now - inflow[1])))
         inflow[:] = [0, now]
 
+    @app.timer(1.0)
+    async def refetch_lost_tails():
+        """Faust can drop the records it fetched as its recovery ends (stream/progress.py). A
+        later record reveals the hole, but a partition's last records wait for one forever:
+        ask Faust to fetch them again."""
+        recovery = app.tables.recovery
+        steady = recovery.completed.is_set() and not (recovery.in_recovery or app.rebalancing)
+        if in_batch[0] or not steady or not items_ready.is_set():
+            return
+        for tp in app.consumer.assignment():
+            if tp.topic != settings.events_topic:
+                continue
+            expected = next_offsets.get(tp.partition)
+            if expected is None:  # nothing delivered since the partition was assigned
+                stored = progress.get(str(tp.partition).encode())
+                if stored is None:
+                    continue
+                expected = int(stored)
+            fetched = await app.consumer.position(tp)
+            if fetched is not None and lost_tails.check(tp.partition, expected, fetched):
+                log.warning(
+                    "events partition %d: offsets %d-%d were fetched but never delivered; "
+                    "fetching them again", tp.partition, expected, fetched - 1,
+                )  # fmt: skip
+                await app.consumer.seek(tp, expected)
+
     @app.on_partitions_assigned.connect
     async def fetch_and_deliver_promptly(sender, assigned, **kwargs) -> None:
         tune_consumer(app)
@@ -377,6 +407,8 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
             if tp.topic == settings.events_topic:
                 expected_next.pop(tp.partition, None)
                 unconfirmed.pop(tp.partition, None)
+                next_offsets.pop(tp.partition, None)
+        lost_tails.forget()
 
     @app.on_before_shutdown.connect
     async def confirm_before_shutdown(sender, **kwargs) -> None:

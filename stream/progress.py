@@ -6,6 +6,11 @@ tracking, then committed without ever being processed. So the agent keeps, in a 
 the user states, the next offset it expects per partition, and reads a missing range straight
 from Kafka before the batch that skipped it. Processing stays idempotent (user records know what
 they applied), so reading a range twice is harmless; skipping one never happens.
+
+A hole is seen when a later record arrives. When Faust drops a partition's last records (seen
+at restarts: records fetched as its recovery ends are dropped, e.g. by its read-offset check
+while it seeks to the committed offsets), none does: `LostTails` spots such a partition, and the
+worker asks Faust to fetch it again from where the agent stands.
 """
 
 from dataclasses import dataclass
@@ -13,7 +18,7 @@ from dataclasses import dataclass
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
-__all__ = ["HoleReader", "Record", "holes"]
+__all__ = ["HoleReader", "LostTails", "Record", "holes"]
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,44 @@ def holes(expected: int, offsets: list[int]) -> tuple[list[tuple[int, int]], int
             missing.append((expected, offset))
         expected = max(expected, offset + 1)
     return missing, expected
+
+
+class LostTails:
+    """Partitions whose records Faust fetched but never delivered to the agent.
+
+    Checked once a second by the worker: a partition is lost when the next offset the agent
+    expects has not moved for `patience` checks while Faust's fetch position is past it (it
+    holds nothing more to deliver). An offset reported again waits twice as long as the time
+    before: fetching again can bring nothing (offsets without a record, e.g. transaction
+    markers), and such a partition should not be fetched every few seconds forever.
+    """
+
+    def __init__(self, patience: int = 3):
+        self.patience = patience
+        self._still: dict[int, tuple[int, int]] = {}  # partition -> (expected offset, checks)
+        self._reported: dict[int, tuple[int, int]] = {}  # partition -> (offset, times reported)
+
+    def check(self, partition: int, expected: int, fetched: int) -> bool:
+        """True when `partition` should be fetched again from `expected`; `fetched` is the
+        consumer's position (the offset after the last record it fetched)."""
+        if fetched <= expected:
+            self._still.pop(partition, None)
+            return False
+        last, checks = self._still.get(partition, (expected, 0))
+        checks = checks + 1 if last == expected else 1
+        self._still[partition] = (expected, checks)
+        offset, times = self._reported.get(partition, (expected, 0))
+        times = times if offset == expected else 0
+        if checks < self.patience << times:
+            return False
+        self._reported[partition] = (expected, times + 1)
+        del self._still[partition]
+        return True
+
+    def forget(self) -> None:
+        """Start over (after a rebalance: positions and expectations are new)."""
+        self._still.clear()
+        self._reported.clear()
 
 
 class HoleReader:

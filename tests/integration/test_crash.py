@@ -1,6 +1,9 @@
-"""SIGKILL a worker mid-stream: after a restart its states equal those of an uninterrupted run."""
+"""A worker loses nothing: SIGKILLed mid-stream and restarted, it ends with the states of an
+uninterrupted run; records its consumer fetched but never delivered are fetched again."""
 
+import os
 import threading
+from pathlib import Path
 
 import torch
 from support import behaviour, events_applied, keyed, metric, produce, rocksdb_records
@@ -72,3 +75,24 @@ def test_sigkill_mid_stream_then_restart_equals_an_uninterrupted_run(
         assert int(a.count[0]) == int(b.count[0]) == counts[user.decode()]
         for field in ("h", "c", "ring", "interest"):
             assert torch.allclose(getattr(a, field), getattr(b, field), atol=1e-5), field
+
+
+def test_records_fetched_but_never_delivered_are_fetched_again(
+    engine_settings, start_worker, catalog, monkeypatch
+):
+    events = behaviour(catalog, users=20, events=400, seed=11)
+    records = keyed(events, "user_id")
+    users = sorted({e.user_id for e in events})
+    counts = {user: sum(e.user_id == user for e in events) for user in users}
+    produce(engine_settings.bootstrap, engine_settings.events_topic, records)
+    faults = str(Path(__file__).parent / "faults")
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [faults, os.environ.get("PYTHONPATH")]))
+    )
+    monkeypatch.setenv("CURRENTS_TEST_LOSE_FETCHED_FROM", "60")  # about 100 records a partition
+
+    worker = start_worker(engine_settings)
+    worker.wait_ready()
+    wait_for(lambda: events_applied(worker, users) == counts, 60, what="every event applied")
+    assert "were fetched but never delivered; fetching them again" in worker.log.read_text()
+    assert worker.stop() == 0, worker.tail()
