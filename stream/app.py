@@ -18,6 +18,7 @@ from contextlib import contextmanager
 import faust
 import faust.streams
 import torch
+from aiokafka.errors import IllegalStateError
 from aiokafka.partitioner import DefaultPartitioner
 from tqdm import tqdm
 
@@ -381,13 +382,16 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
                 if stored is None:
                     continue
                 expected = int(stored)
-            fetched = await app.consumer.position(tp)
-            if fetched is not None and lost_tails.check(tp.partition, expected, fetched):
-                log.warning(
-                    "events partition %d: offsets %d-%d were fetched but never delivered; "
-                    "fetching them again", tp.partition, expected, fetched - 1,
-                )  # fmt: skip
-                await app.consumer.seek(tp, expected)
+            try:
+                fetched = await app.consumer.position(tp)
+                if fetched is not None and lost_tails.check(tp.partition, expected, fetched):
+                    log.warning(
+                        "events partition %d: offsets %d-%d were fetched but never delivered; "
+                        "fetching them again", tp.partition, expected, fetched - 1,
+                    )  # fmt: skip
+                    await app.consumer.seek(tp, expected)
+            except IllegalStateError:  # revoked meanwhile: its next owner checks it
+                return
 
     @app.on_partitions_assigned.connect
     async def fetch_and_deliver_promptly(sender, assigned, **kwargs) -> None:
