@@ -317,12 +317,18 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
         if replay is not None:
             replay.processed.update(next_expected)
 
+    def stored_progress(partition: int) -> int | None:
+        """The progress table's offset for `partition`; None if this model version never
+        processed it."""
+        stored = progress.get(str(partition).encode())
+        return None if stored is None else int(stored)
+
     async def restart_offset(partition: int, context) -> int:
         """Where a newly assigned partition resumes: the progress table, else (never processed
         by this model version) the group's committed offset, recorded at once as progress."""
-        stored = progress.get(str(partition).encode())
+        stored = stored_progress(partition)
         if stored is not None:
-            return int(stored)
+            return stored
         loop = asyncio.get_running_loop()
         start = await loop.run_in_executor(repair_thread, start_offset, partition)
         with _in_partition_of(context):
@@ -378,10 +384,9 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
                 continue
             expected = next_offsets.get(tp.partition)
             if expected is None:  # nothing delivered since the partition was assigned
-                stored = progress.get(str(tp.partition).encode())
-                if stored is None:
-                    continue
-                expected = int(stored)
+                expected = stored_progress(tp.partition)
+            if expected is None:
+                continue
             try:
                 fetched = await app.consumer.position(tp)
                 if fetched is not None and lost_tails.check(tp.partition, expected, fetched):
