@@ -543,10 +543,21 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
 
     @app.page("/metrics")
     async def prometheus(web, request):
+        # Only this worker's partitions, and only where both ends are known: a revoked
+        # partition's last value would add to its new owner's in a sum over workers.
+        metrics.lag.clear()
         for tp in app.consumer.assignment():
-            if tp.topic == settings.events_topic:
-                lag = app.consumer.highwater(tp) - next_offsets.get(tp.partition, 0)
-                metrics.lag.labels(str(tp.partition)).set(max(0, lag))
+            if tp.topic != settings.events_topic:
+                continue
+            try:
+                end = app.consumer.highwater(tp)  # None until the partition's first fetch
+            except (AssertionError, AttributeError):  # revoked meanwhile
+                continue
+            done = next_offsets.get(tp.partition)
+            if done is None:  # nothing delivered since the partition was assigned
+                done = stored_progress(tp.partition)
+            if end is not None and done is not None:
+                metrics.lag.labels(str(tp.partition)).set(max(0, end - done))
         metrics.items.set(len(items))
         return web.bytes(metrics.render(), content_type="text/plain; version=0.0.4")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 from rocksdict import AccessType, Options, Rdict
 
 from schemas import BehaviorEvent, EventType
@@ -119,14 +120,21 @@ def assert_same_views(got: dict[str, dict], expected: dict[str, dict]) -> None:
 def metric(worker, name: str) -> float:
     """One unlabelled sample of the worker's Prometheus metrics (0 when it does not answer)."""
     try:
-        with urllib.request.urlopen(worker.url("/metrics"), timeout=5) as response:
-            text = response.read().decode()
+        return samples(worker, name).get((), 0.0)
     except OSError:
         return 0.0
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
+
+
+def samples(worker, name: str) -> dict[tuple, float]:
+    """The worker's Prometheus samples called `name`, by their (label, value) pairs."""
+    with urllib.request.urlopen(worker.url("/metrics"), timeout=5) as response:
+        text = response.read().decode()
+    return {
+        tuple(sorted(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    }
 
 
 def events_applied(worker, users) -> dict[str, int]:

@@ -6,14 +6,14 @@ from collections import Counter
 
 import pytest
 import torch
-from support import behaviour, consume, keyed, produce
+from support import behaviour, consume, keyed, produce, samples
 
 from model.checkpoint import load_checkpoint
 from model.config import event_type_index
 from model.encoder import ItemEncoder, item_text
 from model.interest import StepOutput, category_shift, top_n
 from schemas import DeadLetter, ErrorKind, InterestUpdate
-from stream.processes import get_json
+from stream.processes import get_json, wait_for
 from stream.records import RECENT
 
 
@@ -122,6 +122,8 @@ def test_valid_events_are_covered_once_match_the_offline_model_and_bad_ones_dead
     assert worker.alive(), worker.tail()
     status, health = get_json(worker.url("/health"))
     assert status == 200 and health["items"] == len(catalog)
+    rejected = [*bad.values(), ErrorKind.KEY_MISMATCH]
+    assert_metrics(worker, settings, len(events), len(updates), rejected)
 
     assert offline_updates(checkpoint_path, catalog, tmp_path / "vectors", events, updates) == len(
         updates
@@ -133,3 +135,31 @@ def test_valid_events_are_covered_once_match_the_offline_model_and_bad_ones_dead
         r.item_id for r in last.recommendations
     ]
     assert worker.stop() == 0, worker.tail()
+
+    # A restarted worker with nothing left to process reports no lag: it reads where each
+    # partition stands from its progress table before any event arrives.
+    worker = start_worker(settings)
+    worker.wait_ready()
+    everyone = {(("partition", str(p)),) for p in range(settings.partitions)}
+    lag = wait_for(
+        lambda: (got := samples(worker, "currents_consumer_lag")).keys() == everyone and got,
+        60, what="the lag of every events partition",
+    )  # fmt: skip
+    assert set(lag.values()) == {0.0}
+    assert worker.stop() == 0, worker.tail()
+
+
+def assert_metrics(worker, settings, events: int, updates: int, rejected: list[ErrorKind]):
+    """What /metrics says once a stream is processed: it counts what the topics hold."""
+
+    def one(name: str) -> float:
+        return samples(worker, name)[()]
+
+    assert one("currents_events_total") == events
+    assert one("currents_updates_total") == one("currents_update_latency_seconds_count") == updates
+    assert 1 <= one("currents_step_seconds_count") <= one("currents_batch_events_count")
+    assert samples(worker, "currents_dead_letters_total") == {
+        (("kind", kind.value),): count for kind, count in Counter(rejected).items()
+    }
+    partitions = {(("partition", str(p)),): 0.0 for p in range(settings.partitions)}
+    assert samples(worker, "currents_consumer_lag") == partitions
