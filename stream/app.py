@@ -40,7 +40,7 @@ from stream.progress import HoleReader, LostTails, Record, holes
 from stream.records import dead_letter
 from stream.replay import ReplayPlan, stop_when_complete
 from stream.settings import Settings
-from stream.topics import ensure_changelog_topics
+from stream.topics import ensure_changelog_topics, state_tables
 
 __all__ = ["create_app", "create_worker"]
 
@@ -125,9 +125,9 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
     item_vectors = app.topic(settings.item_vectors_topic, **raw)
     dead_letters = app.topic(settings.dead_letter_topic, **raw)
 
-    # One table per model version: a new checkpoint never reads another version's states.
+    user_states_table, progress_table = state_tables(checkpoint.version)
     user_states = app.Table(
-        f"user-states-{checkpoint.version}",
+        user_states_table,
         key_type=bytes,  # the UTF-8 user id, as in the events topic key: same partitioning
         value_type=bytes,  # stream.records.UserRecord
         options={"driver": "rocksdict"},
@@ -141,7 +141,7 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
     # user records its recovery rolls back to their changelog version, no event below it lacks
     # its effect; everything from it on is processed again (idempotently).
     progress = app.Table(
-        f"events-progress-{checkpoint.version}",
+        progress_table,
         key_type=bytes,  # the partition number, as text
         value_type=bytes,  # the next offset, as text
         options={"driver": "rocksdict"},

@@ -161,10 +161,12 @@ class Engine:
         last = np.flatnonzero(ends)  # (G,) the event that ends each group
         starts = np.append(0, last[:-1] + 1)[: len(last)]  # ... and the one that starts it
         covered = [events[start : end + 1] for start, end in zip(starts, last, strict=True)]
-        if not self.per_event:  # a live update also covers the user's redelivered events
-            covered = [
-                sorted(redelivered.get(c[0].event.user_id, []) + c, key=_offset) for c in covered
-            ]
+        # A user's first update of the batch also covers the user's events redelivered after a
+        # crash: applied before it, their own updates may never have been sent.
+        covered = [
+            sorted(redelivered.get(c[0].event.user_id, []) + c, key=_offset) if first else c
+            for c, first in zip(covered, head[starts], strict=True)
+        ]
         covered += [sorted(redelivered[u], key=_offset) for u in republished]
 
         # What to rank the items for, a row each (_Rows): first what each update shows (the
@@ -200,8 +202,10 @@ class Engine:
         baseline = rows.add(
             before_batch,
             seen.before(everyone, 0),
-            np.where(first_seen, -1, items[head]) if prequential else None,
-        )
+            # a stepped user's first event is ranked here; a republished user has none
+            np.append(np.where(first_seen, -1, items[head]), np.full(len(republished), -1))
+            if prequential else None,
+        )  # fmt: skip
         if prequential:  # the row each event's rank is read from
             rank_row = np.empty(len(events), dtype=np.int64)
             rank_row[head] = baseline.start + user_of[head]

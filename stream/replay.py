@@ -171,6 +171,34 @@ def _committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
     }
 
 
+def check_unused(settings: Settings, model_version: str) -> None:
+    """A new namespace (no committed offsets) must hold no states of an earlier run of the same
+    name, half retired: Faust would restore them from a kept changelog or the kept local
+    stores, and the replay would take that run's events as applied and publish its views."""
+    from stream.topics import changelog_topic, state_tables
+
+    tables = state_tables(model_version)
+    left = [f"local states in {settings.data_dir}"] if any(
+        any(settings.data_dir.glob(f"*/tables/{table}-*.db")) for table in tables
+    ) else []  # fmt: skip
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=None)
+    try:
+        existing = consumer.topics()
+    finally:
+        consumer.close()
+    left += [
+        f"topic {name}"
+        for name in (changelog_topic(settings.app_id, table) for table in tables)
+        if name in existing
+    ]
+    if left:
+        raise ReplayError(
+            f"namespace {settings.app_id!r} has no committed offsets but holds an earlier run's "
+            f"states ({'; '.join(left)}): delete them (docs/replay.md, switching model "
+            "versions, step 5) or choose another --name"
+        )
+
+
 def commit_start(bootstrap: str, group: str, plan: ReplayPlan) -> None:
     """Point the new namespace's consumer group at the start: Faust begins there."""
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
@@ -331,6 +359,8 @@ def prepare(args: argparse.Namespace) -> tuple[Settings, ReplayPlan]:
         None if args.follow else args.until, settings.app_id,
     )  # fmt: skip
     plan.per_event = not args.coalesce
+    if not plan.resumed:
+        check_unused(settings, checkpoint.version)
     items = check_catalog(settings.bootstrap, settings.item_vectors_topic, checkpoint)
     ensure_topics(settings, only=[settings.updates_topic, settings.dead_letter_topic])
     if not plan.resumed:

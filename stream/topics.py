@@ -13,7 +13,13 @@ from kafka.errors import TopicAlreadyExistsError
 
 from stream.settings import Settings
 
-__all__ = ["ensure_changelog_topics", "ensure_topics", "topic_specs"]
+__all__ = [
+    "changelog_topic",
+    "ensure_changelog_topics",
+    "ensure_topics",
+    "state_tables",
+    "topic_specs",
+]
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -30,6 +36,17 @@ def topic_specs(settings: Settings) -> dict[str, dict[str, str]]:
         settings.updates_topic: {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)},
         settings.dead_letter_topic: {"cleanup.policy": "delete", "retention.ms": str(30 * DAY_MS)},
     }
+
+
+def state_tables(model_version: str) -> tuple[str, str]:
+    """A worker's two tables for a model version: user states, and progress per events
+    partition. A new checkpoint gets tables of its own, and never reads another's states."""
+    return f"user-states-{model_version}", f"events-progress-{model_version}"
+
+
+def changelog_topic(app_id: str, table: str) -> str:
+    """The changelog Faust keeps for `table` of the app `app_id`."""
+    return f"{app_id}-{table}-changelog"
 
 
 def ensure_topics(settings: Settings, only: list[str] | None = None) -> list[str]:

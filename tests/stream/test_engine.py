@@ -196,7 +196,18 @@ def test_coalesced_prequential_updates_rank_every_event_they_cover(engine):
     }
 
 
-def test_redelivered_events_are_not_applied_twice_but_republished_identically(engine):
+@pytest.mark.parametrize(
+    "per_event, prequential",
+    [(False, False), (True, True), (False, True)],
+    ids=["live", "replay", "coalesced-replay"],
+)
+def test_redelivered_events_are_not_applied_twice_but_republished_identically(
+    engine, per_event, prequential
+):
+    engine = Engine(
+        engine.checkpoint, engine.items, top_n=5, top_categories=3, per_event=per_event,
+        prequential=prequential,
+    )  # fmt: skip
     stream = stream_of(users=4, events=20)
     stored, updates = run(engine, stream, 5)
     again, republished = run(engine, stream[10:], 5, stored=dict(stored))
@@ -206,6 +217,20 @@ def test_redelivered_events_are_not_applied_twice_but_republished_identically(en
         assert update.update_id in original
         assert update.interests == original[update.update_id].interests
         assert update.recommendations == original[update.update_id].recommendations
+
+    # After a crash, events applied before it come back in batches with new ones, a user's too.
+    crashed, _ = run(engine, stream[:15], 5)
+    resumed, after_crash = run(engine, stream[8:], 9, stored=dict(crashed))
+    assert {e.user_id for e, _, _ in stream[8:15]} & {e.user_id for e, _, _ in stream[15:17]}
+    covered = [ref.event_id for update in after_crash for ref in update.events]
+    assert sorted(covered) == sorted(event.event_id for event, _, _ in stream[8:])
+    for user, record in stored.items():
+        got, expected = UserRecord.from_bytes(resumed[user]), UserRecord.from_bytes(record)
+        assert (got.partition, got.offset, got.recent_events) == (
+            expected.partition, expected.offset, expected.recent_events,
+        )  # fmt: skip
+        states = engine.checkpoint.decode_states([got.state, expected.state])
+        assert torch.allclose(states.h[0], states.h[1], atol=1e-5)
 
 
 def test_duplicate_event_ids_are_dropped(engine):
