@@ -1,5 +1,6 @@
 """A worker loses nothing: SIGKILLed mid-stream and restarted, it ends with the states of an
-uninterrupted run; records its consumer fetched but never delivered are fetched again."""
+uninterrupted run; records its consumer fetched but never delivered are fetched again; workers
+joining and leaving the group mid-stream apply every event once, in order."""
 
 import os
 import threading
@@ -9,8 +10,10 @@ import torch
 from support import behaviour, events_applied, keyed, metric, produce, rocksdb_records
 
 from model.checkpoint import load_checkpoint
+from stream.local_kafka import free_port
 from stream.processes import wait_for
 from stream.produce import paced
+from stream.records import RECENT
 
 
 def test_sigkill_mid_stream_then_restart_equals_an_uninterrupted_run(
@@ -96,3 +99,40 @@ def test_records_fetched_but_never_delivered_are_fetched_again(
     wait_for(lambda: events_applied(worker, users) == counts, 60, what="every event applied")
     assert "were fetched but never delivered; fetching them again" in worker.log.read_text()
     assert worker.stop() == 0, worker.tail()
+
+
+def test_workers_joining_and_leaving_mid_stream_apply_every_event_once_in_order(
+    engine_settings, start_worker, catalog
+):
+    # Scale-out is Kafka's: the second worker takes half the partitions (restoring their states
+    # from the changelogs), then the first leaves and the second takes the rest.
+    first = engine_settings.model_copy(update={"batch_size": 32})
+    second = first.model_copy(
+        update={"web_port": free_port(), "data_dir": first.data_dir.parent / "second"}
+    )
+    events = behaviour(catalog, users=40, events=3000, seed=17)
+    records = keyed(events, "user_id")
+    users = sorted({e.user_id for e in events})
+    produce(first.bootstrap, first.events_topic, records[:1000])
+    original = start_worker(first)
+    original.wait_ready()
+    wait_for(lambda: metric(original, "currents_events_total") >= 1000, 120, what="first third")
+    rest = threading.Thread(
+        target=produce, args=(first.bootstrap, first.events_topic, paced(records[1000:], 100))
+    )
+    rest.start()
+    joiner = start_worker(second, "second")
+    joiner.wait_ready()
+    wait_for(lambda: metric(joiner, "currents_events_total") > 0, 60, what="second worker at work")
+    still_streaming = rest.is_alive()
+    assert original.stop() == 0, original.tail()
+    rest.join()
+    counts = {user: sum(e.user_id == user for e in events) for user in users}
+    wait_for(lambda: events_applied(joiner, users) == counts, 120, what="every event applied")
+    assert still_streaming, "the first worker must leave in the middle of the stream"
+    assert joiner.stop() == 0, joiner.tail()
+    states = rocksdb_records(second.data_dir)
+    assert states.keys() == {user.encode() for user in users}
+    for user, record in states.items():
+        applied = [e.event_id for e in events if e.user_id == user.decode()]
+        assert record.recent_events == tuple(applied[-RECENT:])  # each once, in order
