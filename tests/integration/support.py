@@ -1,6 +1,7 @@
 """Helpers for integration tests: sample behaviour, Kafka I/O, worker processes."""
 
 import random
+import threading
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,6 +13,7 @@ from rocksdict import AccessType, Options, Rdict
 
 from schemas import BehaviorEvent, EventType
 from stream.processes import get_json, spawn_worker, terminate, wait_for
+from stream.produce import paced
 from stream.records import UserRecord
 
 
@@ -41,6 +43,13 @@ def produce(bootstrap: str, topic: str, records) -> None:
         producer.send(topic, key=key, value=value)
     producer.flush()
     producer.close()
+
+
+def produce_paced(bootstrap: str, topic: str, records, rate: float) -> threading.Thread:
+    """Start producing `records` at `rate` a second in the background; join the thread to wait."""
+    thread = threading.Thread(target=produce, args=(bootstrap, topic, paced(records, rate)))
+    thread.start()
+    return thread
 
 
 def consume(bootstrap: str, topic: str, until, timeout: float = 120.0) -> list:

@@ -3,16 +3,22 @@ uninterrupted run; records its consumer fetched but never delivered are fetched 
 joining and leaving the group mid-stream apply every event once, in order."""
 
 import os
-import threading
 from pathlib import Path
 
 import torch
-from support import behaviour, events_applied, keyed, metric, produce, rocksdb_records
+from support import (
+    behaviour,
+    events_applied,
+    keyed,
+    metric,
+    produce,
+    produce_paced,
+    rocksdb_records,
+)
 
 from model.checkpoint import load_checkpoint
 from stream.local_kafka import free_port
 from stream.processes import wait_for
-from stream.produce import paced
 from stream.records import RECENT
 
 
@@ -32,10 +38,7 @@ def test_sigkill_mid_stream_then_restart_equals_an_uninterrupted_run(
     worker = start_worker(crashing)
     worker.wait_ready()
     wait_for(lambda: metric(worker, "currents_events_total") >= 1500, 120, what="first half")
-    second_half = threading.Thread(
-        target=produce, args=(base.bootstrap, base.events_topic, paced(records[1500:], 400))
-    )
-    second_half.start()
+    second_half = produce_paced(base.bootstrap, base.events_topic, records[1500:], 400)
     wait_for(lambda: metric(worker, "currents_events_total") >= 1800, 60, 0.05, "mid-stream")
     worker.kill()  # SIGKILL: no commit, no flush, no goodbye
     second_half.join()
@@ -117,10 +120,7 @@ def test_workers_joining_and_leaving_mid_stream_apply_every_event_once_in_order(
     original = start_worker(first)
     original.wait_ready()
     wait_for(lambda: metric(original, "currents_events_total") >= 1000, 120, what="first third")
-    rest = threading.Thread(
-        target=produce, args=(first.bootstrap, first.events_topic, paced(records[1000:], 100))
-    )
-    rest.start()
+    rest = produce_paced(first.bootstrap, first.events_topic, records[1000:], 100)
     joiner = start_worker(second, "second")
     joiner.wait_ready()
     wait_for(lambda: metric(joiner, "currents_events_total") > 0, 60, what="second worker at work")
