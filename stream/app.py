@@ -103,6 +103,11 @@ def create_app(settings: Settings, replay: ReplayPlan | None = None) -> faust.Ap
         broker_commit_interval=settings.commit_interval,
         broker_session_timeout=settings.session_timeout,
         broker_heartbeat_interval=min(3.0, settings.session_timeout / 10),
+        # No standby replicas: Faust 0.15 clears its changelog queue whenever flow resumes, and
+        # standby records queued then are lost for good (their read offset has moved on), so a
+        # standby promoted at a rebalance served missing or stale user states. A partition
+        # that moves is restored from its changelog instead, with the streams paused.
+        table_standby_replicas=0,
         web_host=settings.web_host,
         web_port=settings.web_port,
         web_enabled=replay is None,  # a replay is driven from its command line

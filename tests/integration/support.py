@@ -149,3 +149,15 @@ def samples(worker, name: str) -> dict[tuple, float]:
 def events_applied(worker, users) -> dict[str, int]:
     views = served(worker, users)
     return {user: (view or {}).get("events_applied", 0) for user, view in views.items()}
+
+
+def wait_until_applied(worker, counts: dict[str, int], timeout: float, what: str) -> None:
+    """Wait until `worker` serves, for each user, the number of events in `counts`; else fail
+    with the users that differ (served, expected) and the end of the worker's log."""
+    seen: dict[str, int] = {}
+    try:
+        wait_for(lambda: seen.update(events_applied(worker, counts)) or seen == counts, timeout,
+                 what=what)  # fmt: skip
+    except TimeoutError:
+        differ = {user: (seen.get(user), n) for user, n in counts.items() if seen.get(user) != n}
+        raise AssertionError(f"{what}: (served, expected) {differ}\n{worker.tail()}") from None
