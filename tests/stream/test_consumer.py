@@ -134,8 +134,8 @@ def test_other_waits_are_left_to_wait_first():
     run(test)
 
 
-def test_fetches_wait_for_about_ten_milliseconds_of_a_steady_inflow():
-    assert fetch_min_bytes(480_000) == 4_800  # 3,200 events/s of 150 bytes
+def test_fetches_wait_for_about_thirty_milliseconds_of_a_steady_inflow():
+    assert fetch_min_bytes(480_000) == 14_400  # 3,200 events/s of 150 bytes
     assert fetch_min_bytes(10 * FETCH_MIN_BYTES_CAP / FETCH_FILL_SECONDS) == FETCH_MIN_BYTES_CAP
 
 
