@@ -12,9 +12,9 @@
   back after every socket call. The fetch's minimum size follows the inflow instead: about
   `FETCH_FILL_SECONDS` of it, so a quiet stream is still answered at once, and a busy one in
   fewer, fuller fetches (`fetch_min_bytes`). The fill is a latency budget spent to save CPU:
-  at 3,600-4,400 events/s, 30 ms of inflow against 10 took the worker from 93-98 % of a core
-  to 60-86 %, and its p99 from 62-578 ms to 42-110 ms (docs/benchmarks.md), because every
-  fetch and every batch has a fixed cost, paid on the same GIL as the batches' steps.
+  every fetch and every batch has a fixed cost, paid on the same GIL as the batches' steps. In
+  bench/throughput.py, 30 ms of inflow against 10 ran the paced worker at 64-82 % of a core
+  instead of 81-97 %, with p99 43-83 ms in twelve runs (docs/benchmarks.md).
 - **Delivery.** Faust hands every record to the streams with
   `wait_first(callback(record), suspend_flow.wait())`, four tasks per record, so that a
   rebalance can abandon a delivery that blocks on a full stream buffer. Nearly every delivery
