@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import gzip
+import html
 import io
 import json
 from collections.abc import Iterable, Iterator
@@ -28,12 +29,16 @@ __all__ = [
     "dedupe_and_sort",
     "load_amazon",
     "load_dataset",
+    "load_letter",
     "load_jsonl_events",
     "load_jsonl_items",
     "load_mind",
     "load_movielens",
     "open_text",
 ]
+
+MAX_CATEGORY_CHARS = 64  # the catalog schema's limit on one category name
+MAX_CATEGORIES = 32  # ... and on the number of categories of an item
 
 LIKE_RATING = 4.0  # ratings at or above this become clicks
 
@@ -240,22 +245,88 @@ def load_amazon(reviews: str | Path, meta: str | Path) -> tuple[list[Event], dic
     return dedupe_and_sort(events), items
 
 
+# --- LETTER / TIGER-style processed Amazon sets ---------------------------------------------
+
+LETTER_START = 1_500_000_000.0  # 2017-07-14: synthetic times start here
+LETTER_SPACING_S = 3600.0  # one hour between a user's consecutive interactions
+
+
+def _category(name: str) -> str:
+    name = " ".join(name.split())
+    return name if len(name) <= MAX_CATEGORY_CHARS else name[: MAX_CATEGORY_CHARS - 1] + "…"
+
+
+def _letter_files(paths: list[str]) -> tuple[Path, Path]:
+    if len(paths) == 2:
+        return Path(paths[0]), Path(paths[1])
+    folder = Path(paths[0])
+    inter = sorted(folder.glob("*.inter.json*"))
+    if len(inter) != 1:
+        found = len(inter)
+        raise FileNotFoundError(f"{folder}: expected one <name>.inter.json(.gz), found {found}")
+    name = inter[0].name.split(".inter.json")[0]
+    item = _find(folder, f"{name}.item.json")
+    if item is None:
+        raise FileNotFoundError(f"{folder}: {name}.inter.json has no {name}.item.json(.gz)")
+    return inter[0], item
+
+
+def load_letter(paths: list[str]) -> tuple[list[Event], dict[str, Item]]:
+    """LETTER/TIGER-style files: `<name>.inter.json` ({user: [item, ...]} in each user's order)
+    and `<name>.item.json` ({item: {title, description, brand, categories}}), given as a folder
+    holding both or as the two paths.
+
+    They carry no times and no ratings: every interaction is a click, at synthetic times that
+    keep each user's order (LETTER_SPACING_S apart from LETTER_START). The comma-joined category
+    path becomes its levels, each shortened to the schema's limit; the brand leads the
+    description. A malformed row raises ValueError naming the user or item.
+    """
+    inter_path, item_path = _letter_files(paths)
+    with open_text(item_path) as f:
+        raw_items = json.load(f)
+    items = {}
+    for iid, d in raw_items.items():
+        if not isinstance(d, dict):
+            raise ValueError(f"{item_path}: item {iid!r} is not an object")
+        text = {k: html.unescape(str(d.get(k) or "")).strip() for k in ("title", "brand")}
+        desc = html.unescape(str(d.get("description") or "")).strip()
+        if text["brand"]:
+            desc = f"Brand: {text['brand']}. {desc}".strip()
+        path = [_category(c) for c in str(d.get("categories") or "").split(",") if c.strip()]
+        cats = tuple(dict.fromkeys(path))[:MAX_CATEGORIES]
+        items[str(iid)] = Item(str(iid), text["title"][:512], desc[:8192], cats)
+    with open_text(inter_path) as f:
+        histories = json.load(f)
+    events = []
+    for user, seq in histories.items():
+        if not isinstance(seq, list) or not all(isinstance(i, int | str) for i in seq):
+            raise ValueError(f"{inter_path}: user {user!r} has no list of item ids")
+        for n, item in enumerate(seq):
+            ts = LETTER_START + n * LETTER_SPACING_S
+            events.append(Event(f"{user}:{n}", str(user), str(item), "click", ts))
+    return dedupe_and_sort(events), items
+
+
 # --- dispatch -------------------------------------------------------------------------------
 
-FORMATS = ("jsonl", "movielens", "mind", "amazon")
+FORMATS = ("jsonl", "movielens", "mind", "amazon", "letter")
 
 
 def load_dataset(fmt: str, paths: list[str]) -> tuple[list[Event], dict[str, Item]]:
-    """fmt "jsonl": [events, items]; "movielens" | "mind": [folder]; "amazon": [reviews, meta]."""
-    want = {"jsonl": 2, "movielens": 1, "mind": 1, "amazon": 2}
+    """fmt "jsonl": [events, items]; "movielens" | "mind": [folder]; "amazon": [reviews, meta];
+    "letter": [folder] or [inter, item]."""
+    want = {"jsonl": (2,), "movielens": (1,), "mind": (1,), "amazon": (2,), "letter": (1, 2)}
     if fmt not in want:
         raise ValueError(f"unknown data format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    if len(paths) != want[fmt]:
-        raise ValueError(f"format {fmt!r} takes {want[fmt]} path(s), got {len(paths)}")
+    if len(paths) not in want[fmt]:
+        takes = " or ".join(map(str, want[fmt]))
+        raise ValueError(f"format {fmt!r} takes {takes} path(s), got {len(paths)}")
     if fmt == "jsonl":
         return load_jsonl_events(paths[0]), load_jsonl_items(paths[1])
     if fmt == "movielens":
         return load_movielens(paths[0])
     if fmt == "mind":
         return load_mind(paths[0])
+    if fmt == "letter":
+        return load_letter(paths)
     return load_amazon(*paths)

@@ -49,7 +49,7 @@ __all__ = [
     "to_item_upsert",
 ]
 
-DATASETS = ("movielens", "mind", "amazon", "demo")
+DATASETS = ("movielens", "mind", "amazon", "letter", "demo")
 REPORTED_REJECTS = 5  # bad rows printed one by one; the rest are only counted
 LINGER_MS = 10  # lets the producer batch at high rates at the cost of 10 ms latency
 
@@ -211,7 +211,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--path",
         type=Path,
         nargs="+",
-        help="the dataset: the folder of movielens or mind, the reviews and metadata of amazon",
+        help="the dataset: the folder of movielens, mind or letter, the reviews and metadata "
+        "of amazon",
     )
     parser.add_argument(
         "--catalog",

@@ -150,3 +150,77 @@ def test_load_dataset_rejects_unknown_formats_and_wrong_path_counts():
         load_dataset("csv", ["x"])
     with pytest.raises(ValueError, match="takes 2 path"):
         load_dataset("jsonl", ["events.jsonl"])
+
+
+def letter_files(folder, inter, items, name="Office"):
+    folder.mkdir(exist_ok=True)
+    gz(folder / f"{name}.inter.json.gz", json.dumps(inter))
+    (folder / f"{name}.item.json").write_text(json.dumps(items))
+    return folder
+
+
+LETTER_ITEMS = {
+    "0": {"title": "Pen &amp; Cap", "description": "", "brand": "Acme", "categories": "Office"},
+    "1": {
+        "title": "Stapler",
+        "description": "Heavy duty.",
+        "brand": "",
+        "categories": "Office, " + "Staplers and Punches " * 5 + ", Desktop Staplers",
+    },
+    "2": {"title": "Ink", "description": "Black", "brand": "Inko", "categories": ""},
+}
+
+
+def test_letter_files_keep_each_users_order_as_clicks_at_increasing_times(tmp_path):
+    folder = letter_files(tmp_path / "office", {"7": [2, 0, 1], "3": [1, 2]}, LETTER_ITEMS)
+    events, items = load_dataset("letter", [str(folder)])
+    by_user = {}
+    for e in events:
+        by_user.setdefault(e.user_id, []).append(e)
+    assert [e.item_id for e in by_user["7"]] == ["2", "0", "1"]  # the file's order, kept
+    assert [e.item_id for e in by_user["3"]] == ["1", "2"]
+    for seq in by_user.values():
+        assert all(e.event_type == "click" for e in seq)
+        assert all(a.timestamp < b.timestamp for a, b in zip(seq, seq[1:], strict=False))
+        assert len({e.event_id for e in seq}) == len(seq)
+    # the same two paths given explicitly read the same
+    explicit = load_dataset(
+        "letter", [str(folder / "Office.inter.json.gz"), str(folder / "Office.item.json")]
+    )
+    assert explicit == (events, items)
+
+
+def test_letter_items_become_valid_catalog_messages(tmp_path):
+    from stream.produce import to_item_upsert
+
+    folder = letter_files(tmp_path / "office", {"0": [0, 1, 2]}, LETTER_ITEMS)
+    _, items = load_dataset("letter", [str(folder)])
+    assert items["0"].title == "Pen & Cap"  # HTML entities decoded
+    assert items["0"].description == "Brand: Acme." and items["2"].categories == ()
+    long = items["1"].categories
+    assert long[0] == "Office" and long[-1] == "Desktop Staplers"
+    assert all(len(c) <= 64 for c in long) and long[1].endswith("…")  # shortened, not fatal
+    for item in items.values():
+        to_item_upsert(item)  # raises if the schema would reject it
+
+
+@pytest.mark.parametrize(
+    "inter, items, message",
+    [
+        ({"0": 5}, LETTER_ITEMS, "user '0' has no list"),
+        ({"0": [0, [1]]}, LETTER_ITEMS, "user '0' has no list"),
+        ({"0": [0]}, {"0": "not an object"}, "item '0' is not an object"),
+    ],
+)
+def test_bad_letter_rows_raise_naming_the_user_or_item(tmp_path, inter, items, message):
+    folder = letter_files(tmp_path / "office", inter, items)
+    with pytest.raises(ValueError, match=message):
+        load_dataset("letter", [str(folder)])
+
+
+def test_a_letter_folder_needs_its_two_files(tmp_path):
+    (tmp_path / "Office.inter.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="Office.item.json"):
+        load_dataset("letter", [str(tmp_path)])
+    with pytest.raises(FileNotFoundError, match="inter.json"):
+        load_dataset("letter", [str(tmp_path / "missing")])
