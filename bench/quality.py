@@ -1,15 +1,19 @@
-"""Quality table: Pop, GRU4Rec, SASRec-CE and the interest model, trained and scored in one run.
+"""Quality table: SASRec-CE (and optionally Pop, GRU4Rec) against the interest model, trained and
+scored in one run, on one leave-one-out split per seed, with full ranking (model.evaluate).
 
-All on one leave-one-out split, with full ranking (model.evaluate).
+    python bench/quality.py --data-format movielens --data ../shared/data/ml-100k --seeds 0,1,2
+    python bench/quality.py --data-format letter --data ../shared/data/amazon-office --seeds 0,1,2
+    python bench/quality.py --data-format mind \\
+        --data ../shared/data/mind-small/MINDsmall_train_subset --target-types click
 
-    python bench/quality.py --data-format movielens --data /path/to/ml-100k --json out.json
-    python bench/quality.py --data-format mind --data /path/to/MINDsmall_train --target-types click
+Every model is trained with the same defaults (model.train.TrainConfig, model.config.ModelConfig)
+on every dataset: no per-dataset settings. Rows give the mean and the spread (sample standard
+deviation) over the seeds; the ratio line is ours / SASRec-CE on NDCG@10, from the means.
 
-With --holdout-frac > 0 it also trains the interest model on an item-holdout split (those items
-never seen in training) and reports HR@10 on test cases whose target is such a cold item, and on
-those of them whose item has text (a cold item without text has no representation at all). That
-run uses more id dropout (--holdout-id-dropout), which trades warm accuracy for cold accuracy.
-Variants: "ours-notext" zeroes the text vectors, "ours-notype" turns every event into a click.
+--ablations adds "ours-notext" (text vectors zeroed: id embeddings only) and "ours-noid" (id
+embeddings zeroed and frozen: text only). With --holdout-frac > 0 (default 0.1) the interest
+model is also trained on an item-holdout split (those items never seen in training, seed 0) and
+its HR@10 is reported on the test cases whose target is such a cold item and on the warm ones.
 """
 
 from __future__ import annotations
@@ -17,85 +21,93 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.baselines import GRU4Rec, Popularity, SASRec  # noqa: E402
-from model.config import ModelConfig, event_type_index  # noqa: E402
 from model.data import FORMATS  # noqa: E402
 from model.dataset import Catalog, Split, build_split  # noqa: E402
 from model.evaluate import evaluate  # noqa: E402
-from model.interest import InterestModel  # noqa: E402
-from model.train import Ours, TrainConfig, fit, load_catalog  # noqa: E402
+from model.train import Ours, TrainConfig, build_baseline, fit, load_catalog, new_model  # noqa: E402
 
-MODELS = ("pop", "gru4rec", "sasrec", "ours", "ours-notext", "ours-notype")
-
-
-def build(name: str, cat: Catalog, split: Split, args) -> torch.nn.Module:
-    n_warm = int(cat.warm.max())
-    if name == "pop":
-        return Popularity(len(cat), split.train)
-    if name == "gru4rec":
-        return GRU4Rec(n_warm, args.d_model)
-    if name == "sasrec":
-        return SASRec(n_warm, args.d_model, max_len=200)
-    cfg = ModelConfig(
-        n_items=n_warm + 1,
-        text_dim=cat.text.shape[1],
-        d_model=args.d_model,
-        window=args.window,
-        dropout=args.dropout,
-        id_dropout=args.id_dropout,
-    )
-    return Ours(InterestModel(cfg))
+MODELS = ("pop", "gru4rec", "sasrec", "ours", "ours-notext", "ours-noid")
+METRICS = ("hr@10", "ndcg@10", "hr@20", "ndcg@20")
 
 
-def variant_data(name: str, cat: Catalog, split: Split) -> tuple[Catalog, Split]:
-    """The catalog and split a variant sees: text removed, or event types erased."""
-    if name == "ours-notext":
-        cat = copy.copy(cat)
-        cat.text = torch.zeros_like(cat.text)
-    if name == "ours-notype":
-        split = copy.deepcopy(split)
-        click = event_type_index("click")
-        for s in split.train + [c.history for c in split.val + split.test]:
-            s.types[:] = click
-    return cat, split
+def build(name: str, cat: Catalog, split: Split) -> torch.nn.Module:
+    if not name.startswith("ours"):
+        return build_baseline(name, cat, split)
+    model = new_model(cat)
+    if name == "ours-noid":
+        model.id_emb.weight.data.zero_()
+        model.id_emb.weight.requires_grad_(False)
+    return Ours(model)
 
 
-def run_model(name: str, cat: Catalog, split: Split, args, tcfg: TrainConfig) -> dict:
-    torch.manual_seed(args.seed)
-    cat, split = variant_data(name, cat, split)
-    model = build(name, cat, split, args)
+def variant_catalog(name: str, cat: Catalog) -> Catalog:
+    """The catalog a variant sees: ours-notext gets no text vectors."""
+    if name != "ours-notext":
+        return cat
+    cat = copy.copy(cat)
+    cat.text, cat.has_text = torch.zeros_like(cat.text), torch.zeros_like(cat.has_text)
+    return cat
+
+
+def run_model(name: str, cat: Catalog, split: Split, tcfg: TrainConfig) -> dict:
+    torch.manual_seed(tcfg.seed)
+    cat = variant_catalog(name, cat)
+    model = build(name, cat, split)
     t0 = time.time()
-    cfg = replace(tcfg, lr=args.base_lr) if name in ("gru4rec", "sasrec") else tcfg
-    res = fit(model, split, cat, cfg)
-    test = evaluate(model, split.test, cat, seed=args.seed)
-    # cold targets that have text: the only cold items any model here can represent (MIND: most
-    # news ids lack text, so cold HR@10 over all cold targets mostly counts unscorable items)
-    cold_text = [c for c in split.test if cat.warm[c.target] == 0 and cat.has_text[c.target]]
-    sub = evaluate(model, cold_text, cat, seed=args.seed) if cold_text else {}
-    test["cold_text_cases"] = len(cold_text)
-    test["cold_text_hr@10"] = sub.get("hr@10")
-    test["cold_text_ndcg@10"] = sub.get("ndcg@10")
+    res = fit(model, split, cat, tcfg)
+    test = evaluate(model, split.test, cat, seed=tcfg.seed)
+    warm_cases = [c for c in split.test if cat.warm[c.target] > 0]
+    warm = evaluate(model, warm_cases, cat, seed=tcfg.seed)
     row = dict(
         model=name,
+        seed=tcfg.seed,
         val_ndcg10=res.best_val,
         best_epoch=res.best_epoch,
         epochs=res.epochs,
         train_s=round(res.seconds, 1),
         total_s=round(time.time() - t0, 1),
+        warm_hr10=warm["hr@10"],
         **test,
     )
     print(json.dumps(row), flush=True)
     return row
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """One row per model: mean and spread of each metric over the seeds."""
+    out = []
+    for name in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == name]
+        s = dict(model=name, seeds=len(mine), best_epoch=[r["best_epoch"] for r in mine])
+        for key in (*METRICS, "total_s"):
+            values = [r[key] for r in mine]
+            s[key] = statistics.mean(values)
+            s[f"{key}_sd"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        out.append(s)
+    return out
+
+
+def table(summary: list[dict]) -> str:
+    lines = [
+        "| model | seeds | HR@10 | NDCG@10 | HR@20 | NDCG@20 | best epochs | wall s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for s in summary:
+        cells = " | ".join(f"{s[m]:.4f} ± {s[m + '_sd']:.4f}" for m in METRICS)
+        epochs = ", ".join(map(str, s["best_epoch"]))
+        lines.append(f"| {s['model']} | {s['seeds']} | {cells} | {epochs} | {s['total_s']:.0f} |")
+    return "\n".join(lines)
 
 
 def code_version() -> dict:
@@ -110,28 +122,20 @@ def code_version() -> dict:
     return dict(git_sha=git("rev-parse", "--short", "HEAD") or None, uncommitted=changed)
 
 
-def table(rows: list[dict], cold: bool = False) -> str:
-    head = "| model | HR@10 | NDCG@10 | HR@20 | NDCG@20 | best epoch | wall s |"
-    if cold:
-        head += " cold cases | cold HR@10 | cold cases with text | their HR@10 |"
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        line = (
-            f"| {r['model']} | {r['hr@10']:.4f} | {r['ndcg@10']:.4f} | {r['hr@20']:.4f} | "
-            f"{r['ndcg@20']:.4f} | {r['best_epoch']} | {r['total_s']:.0f} |"
-        )
-        if cold:
-            hr, hr_text = r["cold_hr@10"], r["cold_text_hr@10"]
-            line += f" {r['cold_cases']} | {'n/a' if hr is None else f'{hr:.4f}'} |"
-            line += f" {r['cold_text_cases']} | {'n/a' if hr_text is None else f'{hr_text:.4f}'} |"
-        lines.append(line)
-    return "\n".join(lines)
+def holdout_run(events, cat: Catalog, args, tcfg: TrainConfig) -> dict:
+    """The interest model on an item-holdout split: cold and warm HR@10 of the same model."""
+    hold_cat = copy.copy(cat)  # the split sets hold_cat.warm; text is shared
+    hold = build_split(events, hold_cat, args.target_types, args.holdout_frac, tcfg.seed)
+    print(f"item holdout: {hold.stats}", flush=True)
+    row = run_model("ours", hold_cat, hold, tcfg)
+    row["cold_to_warm_hr10"] = (row["cold_hr@10"] or 0.0) / max(row["warm_hr10"], 1e-12)
+    return dict(split=hold.stats, row=row)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data-format", choices=FORMATS, default="movielens")
-    p.add_argument("--data", nargs="+", required=True)
+    p.add_argument("--data", nargs="+", required=True, help="as `currents train --data`")
     p.add_argument("--encoder", default=None, help="text encoder (default: bundled MiniLM)")
     p.add_argument("--cache-dir", default=".cache/item-vectors")
     p.add_argument(
@@ -140,91 +144,78 @@ def main() -> int:
         default=[],
         help="event types that are prediction targets (default all; MIND: click)",
     )
-    p.add_argument(
-        "--models", default="pop,gru4rec,sasrec,ours", help=f"comma list from {', '.join(MODELS)}"
-    )
+    p.add_argument("--models", default="sasrec,ours", help=f"comma list from {', '.join(MODELS)}")
+    p.add_argument("--ablations", action="store_true", help="add ours-notext and ours-noid")
+    p.add_argument("--seeds", default="0", help="comma list of seeds (split, init, batching)")
     p.add_argument(
         "--holdout-frac",
         type=float,
         default=0.1,
         help="item-holdout run of the interest model for cold-start HR (0 = skip)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="torch device: cpu, cuda, ...")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--epochs", type=int, default=200, help="max epochs (early stopping decides)")
-    p.add_argument("--patience", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--negatives", type=int, default=0, help="sampled softmax (0 = full)")
-    p.add_argument("--d-model", type=int, default=64, help="width of every model (64)")
-    p.add_argument("--lr", type=float, default=5e-3, help="learning rate of the interest model")
-    p.add_argument("--base-lr", type=float, default=5e-3, help="learning rate of GRU4Rec/SASRec")
-    p.add_argument("--window", type=int, default=ModelConfig().window)
-    p.add_argument("--dropout", type=float, default=ModelConfig().dropout)
-    p.add_argument("--id-dropout", type=float, default=ModelConfig().id_dropout)
-    p.add_argument(
-        "--holdout-id-dropout",
-        type=float,
-        default=0.5,
-        help="id dropout of the item-holdout run (0.5; the main table uses --id-dropout)",
-    )
     p.add_argument("--json", default=None, help="write config, split stats and rows here")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     t_start = time.time()
     code = code_version()  # at the start: the tree may change during an hour-long run
     print(f"code: {code}", flush=True)
+    models = [m.strip() for m in args.models.split(",")]
+    models += ["ours-notext", "ours-noid"] if args.ablations else []
+    seeds = [int(s) for s in args.seeds.split(",")]
 
     data_args = argparse.Namespace(
         data_format=args.data_format,
         data=args.data,
         encoder=args.encoder,
         cache_dir=args.cache_dir,
-        target_types=args.target_types,
-        holdout_frac=0.0,
-        seed=args.seed,
         quiet=True,
     )
     t0 = time.time()
     events, cat = load_catalog(data_args)
-    split = build_split(events, cat, args.target_types, seed=args.seed)
     prep_s = time.time() - t0
-    print(f"data ({prep_s:.0f} s): {split.stats}", flush=True)
-    tcfg = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        patience=args.patience,
-        negatives=args.negatives,
-        seed=args.seed,
-        progress=False,
-    )
-    rows = [run_model(m.strip(), cat, split, args, tcfg) for m in args.models.split(",")]
-    cold_rows, hold_stats = [], None
+    rows, stats = [], None
+    for seed in seeds:
+        split = build_split(events, cat, args.target_types, seed=seed)
+        stats = split.stats
+        print(f"seed {seed} ({prep_s:.0f} s to load): {stats}", flush=True)
+        tcfg = TrainConfig(seed=seed, device=args.device, progress=False)
+        rows += [run_model(m, cat, split, tcfg) for m in models]
+    summary = summarise(rows)
+    means = {s["model"]: s["ndcg@10"] for s in summary}
+    ratio = means["ours"] / means["sasrec"] if {"ours", "sasrec"} <= means.keys() else None
+    hold = None
     if args.holdout_frac > 0:
-        hold_cat = copy.copy(cat)  # the split sets hold_cat.warm; text is shared
-        hold = build_split(events, hold_cat, args.target_types, args.holdout_frac, args.seed)
-        hold_stats = hold.stats
-        print(f"item holdout: {hold_stats}", flush=True)
-        hold_args = copy.copy(args)  # more id dropout: the text path must carry cold items
-        hold_args.id_dropout = args.holdout_id_dropout
-        cold_rows = [run_model("ours", hold_cat, hold, hold_args, tcfg)]
-        cold_rows[0]["model"] = f"ours (id dropout {args.holdout_id_dropout})"
-    print(f"\n{args.data_format} leave-one-out, full ranking, seed {args.seed}")
-    print(table(rows, cold=split.stats["cold_test_cases"] > 0))  # targets seen only in val/test
-    if cold_rows:
-        print(f"\nitem holdout ({args.holdout_frac:.0%} of items unseen in training)")
-        print(table(cold_rows, cold=True))
+        hold = holdout_run(events, cat, args, TrainConfig(device=args.device, progress=False))
+    print(f"\n{args.data_format} leave-one-out, full ranking, seeds {args.seeds}")
+    print(table(summary))
+    if ratio is not None:
+        print(f"\nours / SASRec-CE NDCG@10: {ratio:.3f}")
+    if stats["cold_test_cases"]:
+        cold = [r for r in rows if r["model"] == "ours"]
+        hrs = ", ".join(f"{r['cold_hr@10']:.4f}" for r in cold)
+        n = stats["cold_test_cases"]
+        print(f"cold test targets (never in training): {n}, ours HR@10 {hrs}")
+    if hold:
+        r = hold["row"]
+        print(
+            f"\nitem holdout ({args.holdout_frac:.0%} of items unseen in training, seed 0): "
+            f"cold HR@10 {r['cold_hr@10']:.4f} on {r['cold_cases']} cases, warm HR@10 "
+            f"{r['warm_hr10']:.4f}: cold / warm {r['cold_to_warm_hr10']:.2f}"
+        )
     total = time.time() - t_start
     print(f"\ntotal wall time {total:.0f} s")
     if args.json:
         out = dict(
             args=vars(args),
-            train=asdict(tcfg),
+            train=asdict(TrainConfig()),
             **code,
-            split=split.stats,
+            split=stats,
             rows=rows,
-            holdout_split=hold_stats,
-            holdout_rows=cold_rows,
+            summary=summary,
+            ours_to_sasrec_ndcg10=ratio,
+            holdout=hold,
             prep_s=round(prep_s, 1),
             total_s=round(total, 1),
         )

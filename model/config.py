@@ -28,9 +28,10 @@ class ModelConfig:
     n_items: int = 1  # rows of the id embedding: warm items + 1 (row 0 = cold / padding)
     text_dim: int = 384  # width of the text encoder's sentence vectors
     d_model: int = 64  # width of item representations, LSTM state and interest vector
-    window: int = 16  # K: attention looks at the user's last K hidden states
+    window: int = 16  # K: attention looks at the user's last K memory slots
+    n_head: int = 2  # attention heads over the window
     type_dim: int = 8  # width of the event-type embedding
-    dropout: float = 0.4  # tuned on ml-100k validation NDCG@10 (0.2-0.5 tried)
+    dropout: float = 0.4
     id_dropout: float = 0.25  # chance an item's id embedding is dropped per training batch
 
     @property
@@ -40,3 +41,5 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.n_items < 1 or self.d_model < 1 or self.window < 1 or self.text_dim < 1:
             raise ValueError(f"invalid ModelConfig sizes: {self}")
+        if self.n_head < 1 or self.d_model % self.n_head:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_head {self.n_head}")

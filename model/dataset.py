@@ -8,7 +8,7 @@ embeddings use warm indices.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -40,6 +40,12 @@ class Catalog:
 
     def __len__(self) -> int:
         return len(self.item_ids)
+
+    def to(self, device: torch.device | str) -> Catalog:
+        """The same catalog with its tensors on `device`."""
+        move = {f: getattr(self, f) for f in ("text", "has_text", "membership", "warm")}
+        moved = {f: t.to(device) if t is not None else None for f, t in move.items()}
+        return replace(self, **moved)
 
     @classmethod
     def build(
@@ -190,6 +196,12 @@ class SeqBatch:
     ts: torch.Tensor  # (B, T) float64
     lengths: torch.Tensor  # (B,) long
     targets: torch.Tensor | None = None  # (B,) long catalog index (evaluation batches)
+
+    def to(self, device: torch.device | str) -> SeqBatch:
+        if self.items.device == torch.device(device):
+            return self
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return SeqBatch(**{k: v.to(device) if v is not None else None for k, v in moved.items()})
 
 
 def _pad(seqs: Sequence[UserSeq], max_len: int | None) -> SeqBatch:

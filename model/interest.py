@@ -40,28 +40,41 @@ def gap_features(gap: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
 
 
 class WindowAttention(nn.Module):
-    """Attention of the current hidden state over the user's last K hidden states.
+    """Multi-head attention of the current event over the user's last K memory slots.
 
-    Keys get a learned per-lag vector, so recency can matter; invalid slots (a user with fewer
-    than K events) are masked out.
+    A slot holds what the user did at that event: the LSTM's hidden state plus the event's own
+    input, so attention can reach back to an item directly instead of only through the
+    recurrence. Keys and values get a learned per-lag vector, so recency can matter; invalid
+    slots (a user with fewer than K events) are masked out.
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         d = cfg.d_model
+        self.n_head = cfg.n_head
+        self.ln_q, self.ln_kv = nn.LayerNorm(d), nn.LayerNorm(d)
         self.q = nn.Linear(d, d)
-        self.kv = nn.Linear(d, 2 * d)
-        self.lag = nn.Parameter(torch.zeros(cfg.window, d))  # slot K-1 = current event
-        self.scale = 1.0 / math.sqrt(d)
+        self.kv_proj = nn.Linear(d, 2 * d)
+        self.lag = nn.Parameter(torch.zeros(cfg.window, 2 * d))  # slot K-1 = current event
+        self.proj = nn.Linear(d, d)
+
+    def kv(self, memory: torch.Tensor) -> torch.Tensor:
+        """(..., d) memory slots -> (..., 2d) keys and values; row-wise, so a slot's can be
+        computed once for every window it falls in."""
+        return self.kv_proj(self.ln_kv(memory))
 
     def forward(self, h: torch.Tensor, kv: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        # h (..., d) query; kv (..., K, 2d) = self.kv(last K hidden states, oldest first);
+        # h (..., d) query; kv (..., K, 2d) = self.kv(last K memory slots, oldest first);
         # valid (..., K) bool
-        k, v = kv.chunk(2, dim=-1)  # (..., K, d) each
-        k = k + self.lag
-        att = (k @ self.q(h).unsqueeze(-1)).squeeze(-1) * self.scale  # (..., K)
-        att = att.masked_fill(~valid, float("-inf")).softmax(dim=-1)
-        return (att.unsqueeze(-2) @ v).squeeze(-2)  # (..., d)
+        *lead, K, _ = kv.shape
+        H = self.n_head
+        k, v = (kv + self.lag).chunk(2, dim=-1)  # (..., K, d) each
+        q = self.q(self.ln_q(h)).unflatten(-1, (H, -1))  # (..., H, hs)
+        k, v = k.unflatten(-1, (H, -1)), v.unflatten(-1, (H, -1))  # (..., K, H, hs)
+        att = torch.einsum("...hs,...khs->...hk", q, k) / math.sqrt(q.shape[-1])  # (..., H, K)
+        att = att.masked_fill(~valid.unsqueeze(-2), float("-inf")).softmax(dim=-1)
+        y = torch.einsum("...hk,...khs->...hs", att, v)  # (..., H, hs)
+        return self.proj(y.flatten(-2))  # (..., d)
 
 
 class InterestModel(nn.Module):
@@ -69,36 +82,61 @@ class InterestModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
-        self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.GELU(), nn.Linear(d, d))
+        # text vectors are standardised per dimension with the training catalog's statistics
+        # (sentence vectors share a large common direction that says nothing about the item)
+        self.register_buffer("text_mean", torch.zeros(cfg.text_dim))
+        self.register_buffer("text_std", torch.ones(cfg.text_dim))
+        self.text_proj = nn.Sequential(
+            nn.Linear(cfg.text_dim, 2 * d), nn.GELU(), nn.Linear(2 * d, d), nn.LayerNorm(d)
+        )
         self.id_emb = nn.Embedding(cfg.n_items, d, padding_idx=0)
         self.type_emb = nn.Embedding(cfg.n_event_types, cfg.type_dim, padding_idx=0)
+        self.in_proj = nn.Linear(d + cfg.type_dim + N_GAP_FEATURES, d)
         self.drop = nn.Dropout(cfg.dropout)
-        self.lstm = nn.LSTM(d + cfg.type_dim + N_GAP_FEATURES, d, batch_first=True)
+        self.lstm = nn.LSTM(d, d, batch_first=True)
         self.attn = WindowAttention(cfg)
-        self.out = nn.Linear(2 * d, d)
+        self.ln_mlp = nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
+        self.ln_f = nn.LayerNorm(d)
         nn.init.normal_(self.id_emb.weight, std=0.02)
         with torch.no_grad():
             self.id_emb.weight[0].zero_()
 
+    @torch.no_grad()
+    def fit_text_statistics(self, text_vecs: torch.Tensor) -> None:
+        """Set the text standardisation from the (N, text_dim) vectors of the training catalog."""
+        if len(text_vecs) > 1:
+            self.text_mean.copy_(text_vecs.mean(0))
+            self.text_std.copy_(text_vecs.std(0).clamp(min=1e-4))
+
     def item_representations(self, text_vecs: torch.Tensor, warm_idx: torch.Tensor) -> torch.Tensor:
         """(N, text_dim) float32, (N,) long warm index (0 = cold) -> (N, d).
 
-        Cold items (index 0) get a zero id vector, so they are represented by their text alone.
-        In training, id vectors are dropped at random so the text path learns to stand alone.
+        An item is its text's projection plus, once seen in training, its id vector. Cold items
+        (index 0) have a zero id vector: they are represented by their text alone, on the same
+        normalised scale as warm items' text, so a cold item whose text fits can outrank warm
+        ones. In training, id vectors are dropped at random so the text path learns to stand
+        alone.
         """
         ids = self.id_emb(warm_idx)  # (N, d)
         if self.training and self.cfg.id_dropout > 0:
             keep = torch.rand(ids.shape[0], 1, device=ids.device) >= self.cfg.id_dropout
             ids = ids * keep
-        return self.text_proj(text_vecs) + ids
+        text = self.text_proj((text_vecs - self.text_mean) / self.text_std)  # (N, d)
+        has_text = text_vecs.abs().sum(-1, keepdim=True) > 0  # textless items: id alone
+        return text * has_text + ids
 
     def _inputs(self, item_vecs, event_type, gap, first) -> torch.Tensor:
-        # item_vecs (..., d), event_type (...), gap (...) float64, first (...) bool -> (..., in)
+        # item_vecs (..., d), event_type (...), gap (...) float64, first (...) bool -> (..., d)
         x = torch.cat([item_vecs, self.type_emb(event_type), gap_features(gap, first)], dim=-1)
-        return self.drop(x)
+        return self.drop(self.in_proj(x))
 
-    def _interest(self, h: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
-        return self.out(self.drop(torch.cat([h, ctx], dim=-1)))  # (..., d)
+    def _interest(self, m: torch.Tensor, kv: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The current event's memory slot (..., d) attends over its window (kv (..., K, 2d),
+        valid (..., K)); a residual MLP and a norm give the interest vector (..., d)."""
+        z = m + self.drop(self.attn(m, kv, valid))
+        z = z + self.drop(self.mlp(self.ln_mlp(z)))
+        return self.ln_f(z)
 
     def forward_sequence(
         self, item_vecs: torch.Tensor, event_type: torch.Tensor, timestamp: torch.Tensor
@@ -106,22 +144,24 @@ class InterestModel(nn.Module):
         """Run right-padded sequences from a fresh state.
 
         item_vecs (B, T, d), event_type (B, T) long, timestamp (B, T) float64 seconds.
-        Returns hidden states (B, T, d) and interest vectors (B, T, d); position t has seen
-        events 0..t. Outputs at padded positions are meaningless and must be masked by the caller.
+        Returns memory slots (B, T, d) (hidden state + input of each event, what the state's
+        ring keeps) and interest vectors (B, T, d); position t has seen events 0..t. Outputs at
+        padded positions are meaningless and must be masked by the caller.
         """
         B, T, _ = item_vecs.shape
         K = self.cfg.window
         gap = F.pad(timestamp[:, 1:] - timestamp[:, :-1], (1, 0))  # (B, T), 0 for first event
         first = torch.zeros(B, T, dtype=torch.bool, device=gap.device)
         first[:, 0] = True
-        hs, _ = self.lstm(self._inputs(item_vecs, event_type, gap, first))  # (B, T, d)
-        # project before windowing: the Linear is row-wise, so this equals projecting each window
-        kv = F.pad(self.attn.kv(hs), (0, 0, K - 1, 0))  # (B, K-1+T, 2d)
+        x = self._inputs(item_vecs, event_type, gap, first)  # (B, T, d)
+        hs, _ = self.lstm(x)  # (B, T, d)
+        memory = hs + x
+        # keys/values before windowing: row-wise, so this equals computing them in each window
+        kv = F.pad(self.attn.kv(memory), (0, 0, K - 1, 0))  # (B, K-1+T, 2d)
         kv = kv.unfold(1, K, 1).transpose(-1, -2)  # (B, T, K, 2d): slot K-1 is position t
         t = torch.arange(T, device=hs.device).unsqueeze(1)  # (T, 1)
         valid = torch.arange(K, device=hs.device) >= K - 1 - t  # (T, K): slot holds event >= 0
-        ctx = self.attn(hs, kv, valid.expand(B, T, K))  # (B, T, d)
-        return hs, self._interest(hs, ctx)
+        return memory, self._interest(memory, kv, valid.expand(B, T, K))
 
     def step(
         self,
@@ -143,13 +183,14 @@ class InterestModel(nn.Module):
         K = self.cfg.window
         first = states.count == 0
         gap = torch.where(first, 0.0, timestamp - states.last_ts)  # (B,) float64
-        x = self._inputs(item_vecs, event_type, gap, first)  # (B, in)
+        x = self._inputs(item_vecs, event_type, gap, first)  # (B, d)
         _, (h, c) = self.lstm(x.unsqueeze(1), (states.h.unsqueeze(0), states.c.unsqueeze(0)))
         h, c = h.squeeze(0), c.squeeze(0)  # (B, d) each
-        ring = torch.cat([states.ring[:, 1:], h.unsqueeze(1)], dim=1)  # (B, K, d) oldest first
+        m = h + x  # this event's memory slot
+        ring = torch.cat([states.ring[:, 1:], m.unsqueeze(1)], dim=1)  # (B, K, d) oldest first
         count = states.count + 1
         valid = torch.arange(K, device=h.device) >= K - count.clamp(max=K).unsqueeze(1)  # (B, K)
-        interest = self._interest(h, self.attn(h, self.attn.kv(ring), valid))  # (B, d)
+        interest = self._interest(m, self.attn.kv(ring), valid)  # (B, d)
         new = UserState(h, c, ring, timestamp.clone(), count, interest)
         return new, StepOutput(interest=interest, prev_interest=states.interest)
 

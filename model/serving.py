@@ -26,7 +26,7 @@ def step_events(
     grouped by user, each user's in order); item_vecs (E, d); event_type (E,) long; timestamp
     (E,) float64. Each user's events run as one sequence through the LSTM from that user's
     state (one call for the whole batch, however many events a user has: streams are bursty),
-    then the attention of every event over its window of the last K hidden states, old ring
+    then the attention of every event over its window of the last K memory slots, old ring
     included. The math is `step`'s, event after event; tests/model checks they agree. Returns
     the updated states (U rows; the input is not modified) and one output per event.
     """
@@ -49,28 +49,28 @@ def step_events(
     old = states if A == U else states.select(rows)
     first = head & (old.count[a] == 0)
     gap = torch.where(first, 0.0, timestamp - torch.where(head, old.last_ts[a], timestamp.roll(1)))
-    x = model._inputs(item_vecs, event_type, gap, first)  # (E, in)
+    x = model._inputs(item_vecs, event_type, gap, first)  # (E, d)
     hx = (old.h.unsqueeze(0), old.c.unsqueeze(0))
-    if E == A * T:  # every user has T events: the batch is already a (A, T) grid
-        hs, (h, c) = model.lstm(x.view(A, T, -1), hx)
-    else:  # right-padded (A, T) sequences; padded positions are never read
-        grid = x.new_zeros(A * T, x.shape[1])
-        grid[a * T + pos] = x
-        packed = pack_padded_sequence(
-            grid.view(A, T, -1), n.cpu(), batch_first=True, enforce_sorted=False
-        )
+    grid = x.new_zeros(A * T, d)  # (A, T) right-padded sequences; padded positions never read
+    grid[a * T + pos] = x
+    grid = grid.view(A, T, d)
+    if E == A * T:  # every user has T events: no padding
+        hs, (h, c) = model.lstm(grid, hx)
+    else:
+        packed = pack_padded_sequence(grid, n.cpu(), batch_first=True, enforce_sorted=False)
         out, (h, c) = model.lstm(packed, hx)
         hs, _ = pad_packed_sequence(out, batch_first=True, total_length=T)  # (A, T, d)
-    h_events = hs.reshape(A * T, d)[a * T + pos]  # (E, d)
+    memory = hs + grid  # (A, T, d) this batch's memory slots
+    m_events = memory.reshape(A * T, d)[a * T + pos]  # (E, d)
 
-    # window of event e = the K hidden states ending at it: old ring, then this batch's
-    seq = torch.cat([old.ring, hs], dim=1)  # (A, K+T, d)
+    # window of event e = the K memory slots ending at it: old ring, then this batch's
+    seq = torch.cat([old.ring, memory], dim=1)  # (A, K+T, d)
     kv = model.attn.kv(seq).view(A * (K + T), 2 * d)
     slots = torch.arange(K, device=device)
     window = (a * (K + T) + pos + 1).unsqueeze(1) + slots  # (E, K) rows of kv
     seen = (old.count[a] + pos + 1).clamp(max=K)  # (E,) states that exist in each window
     valid = slots >= K - seen.unsqueeze(1)  # (E, K)
-    interest = model._interest(h_events, model.attn(h_events, kv[window], valid))
+    interest = model._interest(m_events, kv[window], valid)
 
     last = start + n - 1  # (A,) each user's last event
     ends = torch.arange(A, device=device) * (K + T) + n  # (A,) where each user's new ring starts

@@ -1,4 +1,4 @@
-"""Training harness for the interest model and the baselines, and the `currents train` command.
+"""Training harness for the interest model and the baselines (`currents train`: model/cli.py).
 
 Harness protocol, shared by every model so that all are trained and scored alike:
 `item_matrix(catalog) -> (N+1, d)` item vectors, `encode(batch, mat) -> (B, T, d)` one output
@@ -8,12 +8,10 @@ per position, scores = outputs @ item_matrix.T; `id_only` (cannot score cold ite
 
 from __future__ import annotations
 
-import argparse
-import copy
+import math
 import os
 import time
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 
 import numpy as np
 import torch
@@ -23,13 +21,23 @@ from tqdm.auto import tqdm
 
 from model.checkpoint import save_checkpoint
 from model.config import ModelConfig, event_type_index
-from model.data import FORMATS, Event, load_dataset
+from model.data import Event, load_dataset
 from model.dataset import Catalog, SeqBatch, Split, build_split, train_batches
 from model.encoder import ItemEncoder, default_encoder
 from model.evaluate import evaluate
 from model.interest import InterestModel
 
-__all__ = ["Ours", "TrainConfig", "add_arguments", "fit", "prepare_data", "run"]
+__all__ = [
+    "DataSpec",
+    "Ours",
+    "TrainConfig",
+    "build_baseline",
+    "fit",
+    "load_catalog",
+    "new_model",
+    "prepare_data",
+    "train",
+]
 
 
 class Ours(nn.Module):
@@ -51,29 +59,17 @@ class Ours(nn.Module):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 100
-    batch_size: int = 32
-    lr: float = 5e-3
-    weight_decay: float = 0.0
-    patience: int = 10  # epochs without a better validation NDCG@10 before stopping
+    epochs: int = 30  # the learning-rate schedule's length; early stopping may end sooner
+    batch_size: int = 32  # users per step: small catalogs of long histories need the steps
+    lr: float = 2e-3  # peak AdamW learning rate, after a linear warm-up
+    weight_decay: float = 0.05  # on matrices (not biases, norms or embeddings)
+    warmup: float = 0.05  # share of the steps spent warming the learning rate up
+    patience: int = 6  # epochs without a better validation NDCG@10 before stopping
     negatives: int = 0  # 0 = softmax over all training items; >0 = sampled softmax
     max_len: int | None = None  # truncate training sequences (None = the model's own max_len)
     seed: int = 0
+    device: str = "cpu"
     progress: bool = True
-
-    @classmethod
-    def from_args(cls, a: argparse.Namespace) -> TrainConfig:
-        return cls(
-            epochs=a.epochs,
-            batch_size=a.batch_size,
-            lr=a.lr,
-            weight_decay=a.weight_decay,
-            patience=a.patience,
-            negatives=a.negatives,
-            max_len=a.max_len,
-            seed=a.seed,
-            progress=not a.quiet,
-        )
 
 
 def sequence_loss(
@@ -88,7 +84,7 @@ def sequence_loss(
     mat = model.item_matrix(cat)  # (N+1, d)
     out = model.encode(batch, mat)[:, :-1]  # (B, T-1, d): position t predicts t+1
     T = batch.items.shape[1]
-    pos = torch.arange(T - 1) < (batch.lengths - 1).unsqueeze(1)  # (B, T-1) real pairs
+    pos = torch.arange(T - 1, device=out.device) < (batch.lengths - 1).unsqueeze(1)  # (B, T-1)
     pos &= torch.isin(batch.types[:, 1:], target_idx)
     h, y = out[pos], batch.items[:, 1:][pos]  # (n, d), (n,)
     if len(y) == 0:  # e.g. only views in this batch when clicks are the targets
@@ -98,7 +94,8 @@ def sequence_loss(
         logits = (h @ mat.T).masked_fill(~warm, float("-inf"))  # (n, N+1)
         return F.cross_entropy(logits, y)
     pool = torch.nonzero(warm).squeeze(1)
-    neg = pool[torch.randint(len(pool), (cfg.negatives,), generator=gen)]  # shared negatives
+    pick = torch.randint(len(pool), (cfg.negatives,), generator=gen).to(pool.device)
+    neg = pool[pick]  # shared negatives
     logits = torch.cat([(h * mat[y]).sum(-1, keepdim=True), h @ mat[neg].T], dim=1)
     logits[:, 1:] = logits[:, 1:].masked_fill(neg.unsqueeze(0) == y.unsqueeze(1), float("-inf"))
     return F.cross_entropy(logits, torch.zeros_like(y))  # uniform sampling: no logQ term
@@ -114,47 +111,87 @@ class FitResult:
     optimizer: torch.optim.Optimizer | None = None
 
 
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW; weight decay on the matrices of linear layers only (as nanoGPT, but embeddings
+    are not decayed: a rare item's vector would shrink towards nothing between its updates)."""
+    decay, rest = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if p.requires_grad:
+                is_matrix = p.dim() >= 2 and not isinstance(module, nn.Embedding)
+                (decay if is_matrix and name != "lag" else rest).append(p)
+    groups = [dict(params=decay, weight_decay=cfg.weight_decay), dict(params=rest, weight_decay=0)]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98))
+
+
+def lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to cfg.lr, then cosine decay to a tenth of it at the last step."""
+    warm = max(1, int(cfg.warmup * total))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    progress = min(1.0, (step - warm) / max(1, total - warm))
+    return cfg.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+
+
 def fit(model, split: Split, cat: Catalog, cfg: TrainConfig) -> FitResult:
-    """Adam with early stopping on validation NDCG@10; the model ends with its best weights."""
+    """AdamW with a warm-up and cosine schedule, early stopping on validation NDCG@10; the
+    model ends with its best weights, on cfg.device."""
     t0 = time.time()
     torch.manual_seed(cfg.seed)
     rng, gen = np.random.default_rng(cfg.seed), torch.Generator().manual_seed(cfg.seed)
+    device = torch.device(cfg.device)
+    model.to(device)
+    cat = cat.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:  # popularity: nothing to learn
         val = evaluate(model, split.val, cat, seed=cfg.seed)["ndcg@10"]
         return FitResult(val, 0, 0, time.time() - t0, [])
-    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    target_idx = torch.tensor([event_type_index(t) for t in split.target_types])
+    opt = make_optimizer(model, cfg)
+    target_idx = torch.tensor([event_type_index(t) for t in split.target_types], device=device)
     max_len = cfg.max_len or model.max_len
+    n_batches = -(-len(split.train) // cfg.batch_size)
+    total, step = cfg.epochs * n_batches, 0
     best, best_epoch, best_state, history = -1.0, 0, None, []
-    for epoch in range(1, cfg.epochs + 1):
+    epochs = tqdm(range(1, cfg.epochs + 1), desc="training", unit="epoch", disable=not cfg.progress)
+    for epoch in epochs:
         model.train()
         batches = train_batches(split.train, cfg.batch_size, rng, max_len)
-        total = 0.0
-        for batch in tqdm(batches, desc=f"epoch {epoch}", disable=not cfg.progress, leave=False):
-            loss = sequence_loss(model, batch, cat, cfg, target_idx, gen)
+        total_loss = 0.0
+        for batch in batches:
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, total, cfg)
+            loss = sequence_loss(model, batch.to(device), cat, cfg, target_idx, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(params, 5.0)
             opt.step()
-            total += loss.item()
+            total_loss += loss.item()
+            step += 1
         val = evaluate(model, split.val, cat, seed=cfg.seed)["ndcg@10"]
+        loss = total_loss / len(batches)
         history.append(
-            dict(
-                epoch=epoch,
-                loss=total / len(batches),
-                val_ndcg10=val,
-                seconds=round(time.time() - t0, 1),
-            )
+            dict(epoch=epoch, loss=loss, val_ndcg10=val, seconds=round(time.time() - t0, 1))
         )
         if cfg.progress:
-            print(f"epoch {epoch}: loss {total / len(batches):.4f} val NDCG@10 {val:.4f}")
+            epochs.write(f"epoch {epoch}: loss {loss:.4f}  val NDCG@10 {val:.4f}")
+            epochs.set_postfix(val_ndcg10=f"{val:.4f}", best=f"{max(best, val):.4f}")
         if val > best:
-            best, best_epoch, best_state = val, epoch, copy.deepcopy(model.state_dict())
+            best, best_epoch = val, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         elif epoch - best_epoch >= cfg.patience:
             break
+    epochs.close()
     model.load_state_dict(best_state)
     return FitResult(best, best_epoch, epoch, time.time() - t0, history, opt)
+
+
+def new_model(cat: Catalog, **config) -> InterestModel:
+    """A fresh interest model sized for the catalog, its text standardisation fit on the text
+    vectors of the items seen in training; `config` overrides ModelConfig's defaults."""
+    cfg = ModelConfig(n_items=int(cat.warm.max()) + 1, text_dim=cat.text.shape[1], **config)
+    model = InterestModel(cfg)
+    model.fit_text_statistics(cat.text[cat.has_text & (cat.warm > 0)])
+    return model
 
 
 def build_baseline(name: str, cat: Catalog, split: Split, d: int = 64) -> nn.Module:
@@ -170,146 +207,58 @@ def build_baseline(name: str, cat: Catalog, split: Split, d: int = 64) -> nn.Mod
     raise ValueError(f"unknown baseline {name!r}; choose pop, gru4rec or sasrec")
 
 
-# --- command line ---------------------------------------------------------------------------
+# --- data and the whole training run, as plain functions ---------------------------------------
 
 
-def add_data_arguments(p: argparse.ArgumentParser, split_from_checkpoint: bool = False) -> None:
-    """Options that decide the data, split and training; with split_from_checkpoint the split
-    options default to None, to be filled from the checkpoint."""
-    unset = split_from_checkpoint
-    p.add_argument(
-        "--data-format",
-        choices=FORMATS,
-        default="jsonl",
-        help="jsonl (events + items files), movielens, mind or amazon (default jsonl)",
-    )
-    p.add_argument(
-        "--data",
-        nargs="+",
-        required=True,
-        help="jsonl: EVENTS ITEMS; movielens/mind: FOLDER; amazon: REVIEWS META",
-    )
-    p.add_argument(
-        "--encoder",
-        default=None,
-        help="text encoder: HF name or local folder (default: bundled all-MiniLM-L6-v2)",
-    )
-    p.add_argument(
-        "--cache-dir",
-        default=os.environ.get("CURRENTS_ENCODER_CACHE", ".cache/item-vectors"),
-        help="item vector cache (env CURRENTS_ENCODER_CACHE; default .cache/item-vectors)",
-    )
-    p.add_argument(
-        "--target-types",
-        nargs="*",
-        default=None if unset else [],
-        help="event types that may be prediction targets (default: all)",
-    )
-    p.add_argument(
-        "--holdout-frac",
-        type=float,
-        default=None if unset else 0.0,
-        help="share of items kept out of training, for cold-start figures (default 0)",
-    )
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=None if unset else 0,
-        help="seed for the split, initialisation and batching (default 0)",
-    )
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
-    t = TrainConfig()
-    p.add_argument("--epochs", type=int, default=t.epochs, help=f"max epochs ({t.epochs})")
-    p.add_argument("--batch-size", type=int, default=t.batch_size, help=f"({t.batch_size})")
-    p.add_argument("--lr", type=float, default=t.lr, help=f"Adam learning rate ({t.lr})")
-    p.add_argument("--weight-decay", type=float, default=t.weight_decay, help="(0)")
-    p.add_argument(
-        "--patience",
-        type=int,
-        default=t.patience,
-        help=f"early-stopping patience in epochs ({t.patience})",
-    )
-    p.add_argument(
-        "--negatives",
-        type=int,
-        default=0,
-        help="sampled-softmax negatives per batch; 0 = full softmax (default)",
-    )
-    p.add_argument(
-        "--max-len",
-        type=int,
-        default=None,
-        help="train on at most the last N events per user (default: all)",
-    )
-    m = ModelConfig()
-    p.add_argument("--d-model", type=int, default=m.d_model, help=f"width ({m.d_model})")
+@dataclass(frozen=True)
+class DataSpec:
+    """Where the events and items come from and how they are split."""
+
+    data_format: str
+    data: tuple[str, ...]
+    encoder: str | None = None  # HF name or folder; None = the bundled MiniLM
+    cache_dir: str = ".cache/item-vectors"
+    target_types: tuple[str, ...] = ()  # event types that may be targets; empty = all
+    holdout_frac: float = 0.0  # share of items kept out of training (cold-start figures)
+    seed: int = 0
+    before: float | None = None  # Unix seconds: train on earlier events only
+    progress: bool = True
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_data_arguments(p)
-    m = ModelConfig()
-    p.add_argument("--out", default="checkpoints/model.pt", help="checkpoint path to write")
-    p.add_argument(
-        "--before",
-        metavar="ISO_TIME",
-        help="train only on events before this time (the catalog keeps every item), e.g. to "
-        "replay the time after it as unseen history",
-    )
-    p.add_argument("--window", type=int, default=m.window, help=f"attention window K ({m.window})")
-    p.add_argument("--dropout", type=float, default=m.dropout, help=f"({m.dropout})")
-    p.add_argument(
-        "--id-dropout",
-        type=float,
-        default=m.id_dropout,
-        help=f"chance of dropping an item's id embedding in training ({m.id_dropout})",
-    )
-
-
-def load_catalog(args: argparse.Namespace) -> tuple[list[Event], Catalog]:
+def load_catalog(spec: DataSpec) -> tuple[list[Event], Catalog]:
     """Load the dataset and encode the catalog's text (cached)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach out for weights mid-run
-    events, items = load_dataset(args.data_format, args.data)
-    if getattr(args, "before", None):  # train on the past only; replay scores the future
-        cutoff = datetime.fromisoformat(args.before.replace("Z", "+00:00"))
-        cutoff = cutoff if cutoff.tzinfo else cutoff.replace(tzinfo=UTC)
-        events = [e for e in events if e.timestamp < cutoff.timestamp()]
-    args.encoder = args.encoder or default_encoder()
-    encoder = ItemEncoder(args.encoder, cache_dir=args.cache_dir)
-    return events, Catalog.build(events, items, encoder, progress=not args.quiet)
+    events, items = load_dataset(spec.data_format, list(spec.data))
+    if spec.before is not None:  # train on the past only; replay scores the future
+        events = [e for e in events if e.timestamp < spec.before]
+    encoder = ItemEncoder(spec.encoder or default_encoder(), cache_dir=spec.cache_dir)
+    return events, Catalog.build(events, items, encoder, progress=spec.progress)
 
 
-def prepare_data(args: argparse.Namespace) -> tuple[Catalog, Split]:
-    """Catalog and leave-one-out split as the data and split options describe."""
-    events, cat = load_catalog(args)
-    split = build_split(
-        events, cat, args.target_types or (), args.holdout_frac or 0.0, args.seed or 0
-    )
-    return cat, split
+def prepare_data(spec: DataSpec) -> tuple[Catalog, Split]:
+    """Catalog and leave-one-out split as the spec describes."""
+    events, cat = load_catalog(spec)
+    return cat, build_split(events, cat, spec.target_types, spec.holdout_frac, spec.seed)
 
 
-def run(args: argparse.Namespace) -> int:
-    torch.set_num_threads(args.threads)
-    cat, split = prepare_data(args)
-    print(f"data: {split.stats}")
-    cfg = ModelConfig(
-        n_items=int(cat.warm.max()) + 1,
-        text_dim=cat.text.shape[1],
-        d_model=args.d_model,
-        window=args.window,
-        dropout=args.dropout,
-        id_dropout=args.id_dropout,
-    )
-    torch.manual_seed(args.seed)
-    model = InterestModel(cfg)
-    tcfg = TrainConfig.from_args(args)
+def train(spec: DataSpec, out: str | os.PathLike, tcfg: TrainConfig, **config) -> dict:
+    """Train the interest model on the spec's data, score it on the test cases and write a
+    checkpoint to `out`; `config` overrides ModelConfig's defaults. Returns what it measured."""
+    cat, split = prepare_data(spec)
+    if tcfg.progress:
+        print(f"data: {split.stats}")
+    torch.manual_seed(tcfg.seed)
+    model = new_model(cat, **config)
     res = fit(Ours(model), split, cat, tcfg)
-    test = evaluate(Ours(model), split.test, cat, seed=args.seed)
+    test = evaluate(Ours(model), split.test, cat, seed=spec.seed)
+    model.cpu()  # a checkpoint serves anywhere: workers pick their own device
     item_index = {cat.item_ids[i]: int(w) for i, w in enumerate(cat.warm.tolist()) if w > 0}
     meta = dict(
-        data_format=args.data_format,
+        data_format=spec.data_format,
         split=dict(
-            target_types=list(split.target_types), holdout_frac=args.holdout_frac, seed=args.seed
+            target_types=list(split.target_types),
+            holdout_frac=spec.holdout_frac,
+            seed=spec.seed,
         ),
         train=asdict(tcfg),
         best_val_ndcg10=res.best_val,
@@ -318,15 +267,6 @@ def run(args: argparse.Namespace) -> int:
         stats=split.stats,
         train_seconds=round(res.seconds, 1),
     )
-    version = save_checkpoint(
-        args.out, model, item_index, cat.categories, args.encoder, meta, res.optimizer
-    )
-    print(f"best epoch {res.best_epoch}: val NDCG@10 {res.best_val:.4f}; test {test}")
-    print(f"wrote {args.out} (model version {version})")
-    return 0
-
-
-if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description="Train the Currents interest model.")
-    add_arguments(parser)
-    raise SystemExit(run(parser.parse_args()))
+    encoder = spec.encoder or default_encoder()
+    version = save_checkpoint(out, model, item_index, cat.categories, encoder, meta, res.optimizer)
+    return dict(version=version, **meta)

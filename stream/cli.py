@@ -100,14 +100,15 @@ def add_kafka_arguments(parser: argparse.ArgumentParser, data_dir: Path) -> None
     )
 
 
-# Commands whose module provides add_arguments(parser) and run(args) -> exit code.
+# Commands whose module provides add_arguments(parser) and run(args) -> exit code, or, for a
+# module serving several commands, COMMANDS[name] = (description, add_arguments, run).
 PLUGGED_COMMANDS = {
     "produce": ("stream.produce", "stream events (and the catalog) into Kafka at a chosen rate"),
     "tail": ("stream.tail", "pretty-print the interest updates workers publish"),
     "replay": ("stream.replay", "re-score history with a model version, beside the live workers"),
     "report": ("stream.report", "prequential quality of a replay over time; compare two"),
-    "train": ("model.train", "train the interest model on an event log; write a checkpoint"),
-    "evaluate": ("model.evaluate", "full-ranking HR/NDCG of a checkpoint and the baselines"),
+    "train": ("model.cli", "train the interest model on an event log; write a checkpoint"),
+    "evaluate": ("model.cli", "full-ranking HR/NDCG of a checkpoint and the baselines"),
 }
 
 
@@ -153,10 +154,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=summary)
         if argv and argv[0] == name:  # import (torch, kafka) only for the command that runs
             plugged = importlib.import_module(module)
-            command.description = plugged.__doc__  # the module says what the command does
+            description, add_arguments, run = getattr(plugged, "COMMANDS", {}).get(
+                name, (plugged.__doc__, getattr(plugged, "add_arguments", None), None)
+            )
+            command.description = description  # the module says what the command does
             command.formatter_class = argparse.RawDescriptionHelpFormatter
-            plugged.add_arguments(command)
-            command.set_defaults(run=plugged.run)
+            add_arguments(command)
+            command.set_defaults(run=run or plugged.run)
 
     schemas = commands.add_parser("schemas", help="message schemas")
     schemas_commands = schemas.add_subparsers(dest="schemas_command", required=True)

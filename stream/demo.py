@@ -102,23 +102,14 @@ def train_demo_model(users: int, events_per_user: int, epochs: int) -> Path:
     checkpoint = DEMO_DIR / f"model-{users}x{events_per_user}.pt"
     if checkpoint.exists():
         return checkpoint
-    from model import train
+    from model.train import DataSpec, TrainConfig, train
 
     print(f"Training the demo model on {users} users x {events_per_user} events (once) ...")
     events, catalog = write_demo_dataset(DEMO_DIR / "train", users, events_per_user, TRAIN_SEED)
-    parser = argparse.ArgumentParser()
-    train.add_arguments(parser)
-    options = [
-        "--data",
-        str(events),
-        str(catalog),
-        "--out",
-        str(checkpoint),
-        "--epochs",
-        str(epochs),
-    ]
-    if train.run(parser.parse_args(options)) != 0:
-        raise RuntimeError("training the demo model failed")
+    cache = os.environ.get("CURRENTS_ENCODER_CACHE", ".cache/item-vectors")
+    spec = DataSpec("jsonl", (str(events), str(catalog)), cache_dir=cache)
+    result = train(spec, checkpoint, TrainConfig(epochs=epochs))
+    print(f"Demo model: test NDCG@10 {result['test']['ndcg@10']:.3f} (model {result['version']})")
     return checkpoint
 
 

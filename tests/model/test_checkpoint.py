@@ -80,4 +80,6 @@ def test_unknown_item_vector_is_the_textless_cold_representation(tmp_path):
     ckpt = load_checkpoint(path)
     v = ckpt.unknown_item_vector()
     assert v.shape == (8,)
-    torch.testing.assert_close(v, ckpt.model.text_proj(torch.zeros(1, 12))[0])
+    reps = ckpt.model.item_representations(torch.zeros(1, 12), torch.zeros(1, dtype=torch.long))
+    torch.testing.assert_close(v, reps[0])
+    assert not v.any()  # neither text nor id: nothing to score or to feed the recurrence

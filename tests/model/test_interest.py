@@ -30,7 +30,7 @@ def test_step_matches_forward_sequence_for_users_of_different_lengths(model):
     vecs, types, ts = random_batch(lengths)
     reps = torch.randn(30, CFG.d_model)
     with torch.no_grad():
-        hs, interest = model.forward_sequence(vecs, types, ts)  # (B, T, d)
+        memory, interest = model.forward_sequence(vecs, types, ts)  # (B, T, d)
         state = model.fresh_state(len(lengths))
         for t in range(max(lengths)):
             # every user's row is stepped; rows past their length are simply ignored below
@@ -38,11 +38,11 @@ def test_step_matches_forward_sequence_for_users_of_different_lengths(model):
             for b, n in enumerate(lengths):
                 if t < n:
                     assert (out.interest[b] - interest[b, t]).abs().max() <= 1e-5
-                    assert (state.h[b] - hs[b, t]).abs().max() <= 1e-5
+                    assert (state.ring[b, -1] - memory[b, t]).abs().max() <= 1e-5
                     assert (out.interest[b] @ reps.T - interest[b, t] @ reps.T).abs().max() <= 1e-5
-                if t == n - 1:  # the user's final state: ring holds its last K hidden states
+                if t == n - 1:  # the user's final state: ring holds its last K memory slots
                     k = min(n, CFG.window)
-                    assert (state.ring[b, -k:] - hs[b, n - k : n]).abs().max() <= 1e-5
+                    assert (state.ring[b, -k:] - memory[b, n - k : n]).abs().max() <= 1e-5
                     assert int(state.count[b]) == n
                     assert state.last_ts[b].item() == ts[b, n - 1].item()
 
@@ -131,9 +131,9 @@ def test_step_events_applies_several_events_per_user_in_order(model):
         new, out = step_events(model, start, users, vecs, types, ts)
         for u in range(3):
             ev = torch.nonzero(users == u).squeeze(1)
-            hs, interest = model.forward_sequence(vecs[ev][None], types[ev][None], ts[ev][None])
+            mem, interest = model.forward_sequence(vecs[ev][None], types[ev][None], ts[ev][None])
             torch.testing.assert_close(out.interest[ev], interest[0], atol=1e-5, rtol=0)
-            torch.testing.assert_close(new.h[u], hs[0, -1], atol=1e-5, rtol=0)
+            torch.testing.assert_close(new.ring[u, -1], mem[0, -1], atol=1e-5, rtol=0)
             assert int(new.count[u]) == len(ev) and new.last_ts[u] == ts[ev[-1]]
     assert start.count.tolist() == [0, 0, 0]  # the input states are left untouched
 

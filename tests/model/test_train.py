@@ -9,17 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from model import evaluate as evaluate_cli
-from model import train as train_cli
+from model import cli
 from model.checkpoint import load_checkpoint
 from model.data import load_jsonl_events
 from model.dataset import Catalog, build_split, train_batches
 from model.train import TrainConfig, build_baseline, sequence_loss
 
 
-def parse(module, argv):
+def parse(add_arguments, argv):
     p = argparse.ArgumentParser()
-    module.add_arguments(p)
+    add_arguments(p)
     return p.parse_args(argv)
 
 
@@ -43,9 +42,10 @@ def test_train_then_evaluate_with_baselines(jsonl_data, tiny_bert, tmp_path, cap
     ]
     ckpt_path = tmp_path / "model.pt"
     args = parse(
-        train_cli, [*common, "--encoder", tiny_bert, "--out", str(ckpt_path), "--window", "4"]
+        cli.add_train_arguments,
+        [*common, "--encoder", tiny_bert, "--out", str(ckpt_path), "--window", "4"],
     )
-    assert train_cli.run(args) == 0
+    assert cli.run_train(args) == 0
     ckpt = load_checkpoint(ckpt_path)
     assert ckpt.encoder_name == tiny_bert and ckpt.text_dim == 32 and ckpt.config.window == 4
     assert len(ckpt.item_index) == 24 and min(ckpt.item_index.values()) == 1
@@ -55,7 +55,7 @@ def test_train_then_evaluate_with_baselines(jsonl_data, tiny_bert, tmp_path, cap
 
     out = tmp_path / "eval.json"
     args = parse(
-        evaluate_cli,
+        cli.add_evaluate_arguments,
         [
             "--checkpoint",
             str(ckpt_path),
@@ -66,7 +66,7 @@ def test_train_then_evaluate_with_baselines(jsonl_data, tiny_bert, tmp_path, cap
             str(out),
         ],
     )
-    assert evaluate_cli.run(args) == 0
+    assert cli.run_evaluate(args) == 0
     res = json.loads(out.read_text())["results"]
     assert set(res) == {"ours", "pop", "gru4rec", "sasrec"}
     assert res["ours"]["cases"] == res["pop"]["cases"] > 0
@@ -95,11 +95,14 @@ def test_sampled_softmax_trains(jsonl_data):
 
 
 def test_module_entry_points_show_help():
-    for module in ("model.train", "model.evaluate"):
+    for command in ("train", "evaluate"):
         r = subprocess.run(
-            [sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=60
+            [sys.executable, "-m", "model.cli", command, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
-        assert r.returncode == 0 and "--data" in r.stdout, r.stderr
+        assert r.returncode == 0 and "--data" in r.stdout and "--device" in r.stdout, r.stderr
 
 
 def test_a_batch_without_targets_gives_a_zero_loss(jsonl_data):
