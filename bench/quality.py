@@ -25,7 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -35,7 +35,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from model.data import FORMATS  # noqa: E402
 from model.dataset import Catalog, Split, build_split  # noqa: E402
 from model.evaluate import evaluate  # noqa: E402
-from model.train import Ours, TrainConfig, build_baseline, fit, load_catalog, new_model  # noqa: E402
+from model.train import (  # noqa: E402
+    DataSpec,
+    Ours,
+    TrainConfig,
+    build_baseline,
+    fit,
+    load_catalog,
+    new_model,
+)
 
 MODELS = ("pop", "gru4rec", "sasrec", "ours", "ours-notext", "ours-noid")
 METRICS = ("hr@10", "ndcg@10", "hr@20", "ndcg@20")
@@ -165,15 +173,10 @@ def main() -> int:
     models += ["ours-notext", "ours-noid"] if args.ablations else []
     seeds = [int(s) for s in args.seeds.split(",")]
 
-    data_args = argparse.Namespace(
-        data_format=args.data_format,
-        data=args.data,
-        encoder=args.encoder,
-        cache_dir=args.cache_dir,
-        quiet=True,
-    )
+    spec = DataSpec(args.data_format, tuple(args.data), args.encoder, args.cache_dir)
+    spec = replace(spec, progress=False)
     t0 = time.time()
-    events, cat = load_catalog(data_args)
+    events, cat = load_catalog(spec)
     prep_s = time.time() - t0
     rows, stats = [], None
     for seed in seeds:
