@@ -1,5 +1,6 @@
-"""Eager delivery (stream/faust_compat.py) keeps `wait_first`'s outcomes without its tasks, and
-fetches are sized to the inflow.
+"""stream/faust_compat.py: eager delivery keeps `wait_first`'s outcomes without its tasks,
+fetches are sized to the inflow, unsupported versions are refused, and the worker has no
+spinner. These tests reach into Faust's private API, as the module does.
 
 A plain mode Service stands in for Faust's consumer: a `callback` that delivers a record and a
 flow that a rebalance suspends, as `Consumer._drain_messages` uses them.
@@ -9,6 +10,7 @@ import asyncio
 import gc
 import importlib.metadata
 import importlib.util
+import logging
 import warnings
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from stream.faust_compat import (
     FETCH_MIN_BYTES_CAP,
     UnsupportedVersion,
     check_versions,
+    create_worker,
     eager_wait_first,
     fetch_min_bytes,
     set_fetch_min_bytes,
@@ -206,3 +209,18 @@ def test_importing_with_an_unsupported_faust_fails(monkeypatch):
     spec = importlib.util.spec_from_file_location("faust_compat_under_test", path)
     with pytest.raises(ImportError, match=r"faust-streaming >=0\.15\.3,<0\.16; 0\.17\.0"):
         spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
+def test_worker_does_not_switch_library_debug_logging_on():
+    # Faust's terminal spinner sets the root logger to DEBUG: every debug line of every library
+    # (aiokafka: one per message produced) would be formatted on the hot path.
+    root = logging.getLogger()
+    level, handlers = root.level, root.handlers[:]
+    try:
+        worker = create_worker(faust.App("logging-test"), "warning", quiet=True)
+        worker._setup_logging()
+        assert not logging.getLogger("aiokafka.producer.producer").isEnabledFor(logging.DEBUG)
+        assert logging.getLogger("aiokafka").isEnabledFor(logging.WARNING)
+    finally:
+        root.setLevel(level)
+        root.handlers[:] = handlers
