@@ -1,13 +1,14 @@
 """Two source trees, alternating on one broker: bench/throughput.py and bench/replay.py rates.
 
-    python bench/ab.py OLD_TREE NEW_TREE --checkpoint PATH [--rounds 2] [--out DIR]
+    python bench/ab.py OLD_TREE NEW_TREE --checkpoint PATH [--rounds 2] [--new-first] [--out DIR]
 
-Each tree runs its own bench scripts with its own Python (TREE/.venv/bin/python, where the
-tree is installed), so its workers run its code. One broker serves every run (started here, or
-the one in KAFKA_BOOTSTRAP); between runs every topic and consumer group is deleted, as the
-scripts use fixed names. A round is throughput on OLD, then on NEW, then replay on OLD, then on
-NEW; each run writes its JSON to --out. The host's speed drifts within minutes: compare the two
-trees within a round, and rounds with each other for the noise.
+Each tree runs its own bench scripts with its own Python (TREE/.venv/bin/python, where the tree
+is installed), so its workers run its code. One broker serves every run (started here, or the
+one in KAFKA_BOOTSTRAP); between runs every topic and consumer group is deleted, as the scripts
+use fixed names. A round is throughput on OLD, then on NEW, then replay on OLD, then on NEW (NEW
+first with --new-first: run both orders, the later run may find a warmer broker or a slower
+host); each run writes its JSON to --out. The host's speed drifts within minutes: compare the
+two trees within a round, and rounds with each other for the noise.
 """
 
 import argparse
@@ -35,6 +36,7 @@ def main() -> None:
     parser.add_argument("trees", nargs=2, type=Path, metavar="TREE", help="old, then new")
     parser.add_argument("--checkpoint", type=Path, required=True, help="for bench/replay.py")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--new-first", action="store_true", help="NEW before OLD in each pair")
     parser.add_argument("--out", type=Path, default=Path(tempfile.mkdtemp(prefix="currents-ab-")))
     parser.add_argument(
         "--throughput-args",
@@ -53,7 +55,8 @@ def main() -> None:
     try:
         for number in range(args.rounds):
             for bench in ("throughput", "replay"):
-                for label, tree in zip(("old", "new"), args.trees, strict=True):
+                pairs = list(zip(("old", "new"), args.trees, strict=True))
+                for label, tree in reversed(pairs) if args.new_first else pairs:
                     name = f"{bench}-{label}-{number + 1}"
                     figures = run(tree.resolve(), bench, args, bootstrap, args.out / name)
                     results.setdefault(f"{bench}-{label}", []).append(figures)
