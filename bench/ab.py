@@ -72,9 +72,11 @@ def main() -> None:
     for bench, figures in FIGURES.items():
         for figure in figures:
             old, new = summary[f"{bench}-old"][figure], summary[f"{bench}-new"][figure]
+            digits = 0 if figure.endswith("_per_s") else 2
             ratios = [n / o for o, n in zip(old, new, strict=True)]
             print(
-                f"{bench} {figure}: old {_list(old)}, new {_list(new)}; new / old per round "
+                f"{bench} {figure}: old {_list(old, digits)}, new {_list(new, digits)}; new / old "
+                f"per round "
                 f"{_list(ratios, 2)} (median {statistics.median(ratios):.2f})"
             )
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
