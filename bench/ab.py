@@ -9,6 +9,9 @@ use fixed names. A round is throughput on OLD, then on NEW, then replay on OLD, 
 first with --new-first: run both orders, the later run may find a warmer broker or a slower
 host); each run writes its JSON to --out. The host's speed drifts within minutes: compare the
 two trees within a round, and rounds with each other for the noise.
+
+It deletes every topic and consumer group of the cluster: never point KAFKA_BOOTSTRAP at a
+shared one.
 """
 
 import argparse
