@@ -103,11 +103,8 @@ class Worker:
         bounds: Bounds | None = None,
     ):
         self.app, self.settings, self.checkpoint, self.bounds = app, settings, checkpoint, bounds
-        self.user_states, self.dead_letters, self.item_vectors = (
-            user_states,
-            dead_letters,
-            item_vectors,
-        )
+        self.user_states = user_states
+        self.dead_letters, self.item_vectors = dead_letters, item_vectors
         self.items = ItemMatrix(
             checkpoint.model.item_representations, checkpoint.item_index,
             checkpoint.encoder_name, settings.device,
