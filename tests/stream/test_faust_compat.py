@@ -11,6 +11,8 @@ import gc
 import importlib.metadata
 import importlib.util
 import logging
+import re
+import tomllib
 import warnings
 from pathlib import Path
 
@@ -224,3 +226,11 @@ def test_worker_does_not_switch_library_debug_logging_on():
     finally:
         root.setLevel(level)
         root.handlers[:] = handlers
+
+
+def test_the_supported_range_is_the_one_pyproject_pins():
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    pins = dict(re.match(r"([\w-]+)(.*)", d).groups() for d in pyproject["project"]["dependencies"])
+    for name, (low, high) in stream.faust_compat.SUPPORTED.items():
+        dotted = [".".join(map(str, version)) for version in (low, high)]
+        assert pins[name] == f">={dotted[0]},<{dotted[1]}"
