@@ -474,7 +474,8 @@ def steal_share(before: list[int]) -> float:
 
 
 def git_sha() -> str:
-    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    command = ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]  # the tree, not the cwd
+    result = subprocess.run(command, capture_output=True, text=True)
     return result.stdout.strip()
 
 

@@ -17,6 +17,55 @@ __all__ = ["ready_batches"]
 GAP = 0.005  # seconds without a new event after which a batch stops waiting for the backlog
 
 
+class _Buffer:
+    """Events moved from the stream by a background task, at most `max_size` at a time."""
+
+    def __init__(self, stream, max_size: int):
+        self.consumer = stream.app.consumer
+        self.max_size = max_size
+        self.events: list = []
+        self.delivered: dict = {}  # topic partition -> the offset after the last event delivered
+        self.wanted = 1  # buffer size at which the batcher wants to be woken
+        self.arrived = asyncio.Event()
+        self.room = asyncio.Event()
+        self.room.set()
+
+    async def drain(self, manual) -> None:
+        try:
+            async for event in manual.events():
+                self.events.append(event)
+                message = event.message
+                self.delivered[message.tp] = message.offset + 1
+                if len(self.events) >= self.wanted:
+                    self.arrived.set()
+                if len(self.events) >= self.max_size:
+                    self.room.clear()
+                    await self.room.wait()
+        finally:
+            self.arrived.set()  # wake the batcher: it re-raises what ended the drain
+
+    def in_kafka(self) -> dict:
+        """The high watermark of each partition the stream has delivered from: what Kafka
+        holds of it now."""
+        ends = {}
+        for tp in self.delivered:
+            try:
+                ends[tp] = self.consumer.highwater(tp)
+            except (AssertionError, AttributeError):  # revoked meanwhile
+                continue
+        return ends
+
+    def undelivered(self, ends: dict) -> int:
+        return sum(max(0, (end or 0) - self.delivered[tp]) for tp, end in ends.items())
+
+    def take(self) -> list:
+        self.wanted = 1
+        batch = self.events[:]
+        self.events.clear()
+        self.room.set()
+        return batch
+
+
 async def ready_batches(stream, max_size: int, max_wait: float) -> AsyncIterator[list]:
     """Yield lists of Faust events in arrival order; a batch is acked when the next is asked for.
 
@@ -27,72 +76,40 @@ async def ready_batches(stream, max_size: int, max_wait: float) -> AsyncIterator
     (offsets without a record, e.g. transaction markers, never arrive). Acks come after the
     caller's batch body, so a crash never commits an unprocessed event.
     """
-    consumer = stream.app.consumer
     manual = stream.noack()
-    buffer: list = []
-    delivered: dict = {}  # topic partition -> the offset after the last event it delivered
-    wanted = 1  # buffer size at which the batcher wants to be woken
-    arrived = asyncio.Event()
-    room = asyncio.Event()
-    room.set()
-
-    async def drain() -> None:
-        try:
-            async for event in manual.events():
-                buffer.append(event)
-                message = event.message
-                delivered[message.tp] = message.offset + 1
-                if len(buffer) >= wanted:
-                    arrived.set()
-                if len(buffer) >= max_size:
-                    room.clear()
-                    await room.wait()
-        finally:
-            arrived.set()  # wake the batcher: it re-raises what ended the drain
-
-    def in_kafka() -> dict:
-        """The high watermark of each partition the stream has delivered from: what Kafka
-        holds of it now."""
-        ends = {}
-        for tp in delivered:
-            try:
-                ends[tp] = consumer.highwater(tp)
-            except (AssertionError, AttributeError):  # revoked meanwhile
-                continue
-        return ends
-
-    def undelivered(ends: dict) -> int:
-        return sum(max(0, (end or 0) - delivered[tp]) for tp, end in ends.items())
-
-    drainer = asyncio.ensure_future(drain())
-    loop = asyncio.get_running_loop()
+    buffer = _Buffer(stream, max_size)
+    drainer = asyncio.ensure_future(buffer.drain(manual))
     try:
         while True:
-            while not buffer:
+            while not buffer.events:
                 if drainer.done():
                     drainer.result()  # the stream's error, if it ended in one
                     return
-                arrived.clear()
-                await arrived.wait()
-            deadline = loop.time() + max_wait
-            ends = in_kafka()  # what arrives after this is for the next batch
-            while len(buffer) < max_size and (missing := undelivered(ends)):
-                now = loop.time()
-                if now >= deadline:
-                    break
-                wanted, before = min(max_size, len(buffer) + missing), len(buffer)
-                arrived.clear()
-                try:
-                    await asyncio.wait_for(arrived.wait(), min(GAP, deadline - now))
-                except TimeoutError:
-                    if len(buffer) == before:
-                        break  # nothing came: what is missing may never come
-            wanted = 1
-            batch = buffer[:]
-            buffer.clear()
-            room.set()
+                buffer.arrived.clear()
+                await buffer.arrived.wait()
+            await _fill(buffer, max_wait)
+            batch = buffer.take()
             yield batch
             for event in batch:
                 await manual.ack(event)
     finally:
         drainer.cancel()
+
+
+async def _fill(buffer: _Buffer, max_wait: float) -> None:
+    """Wait, up to `max_wait`, for the events Kafka holds now of the partitions delivered."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max_wait
+    ends = buffer.in_kafka()  # what arrives after this is for the next batch
+    while len(buffer.events) < buffer.max_size and (missing := buffer.undelivered(ends)):
+        now = loop.time()
+        if now >= deadline:
+            break
+        before = len(buffer.events)
+        buffer.wanted = min(buffer.max_size, before + missing)
+        buffer.arrived.clear()
+        try:
+            await asyncio.wait_for(buffer.arrived.wait(), min(GAP, deadline - now))
+        except TimeoutError:
+            if len(buffer.events) == before:
+                break  # nothing came: what is missing may never come

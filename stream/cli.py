@@ -23,17 +23,10 @@ DEMO_KAFKA_DIR = Path(".currents/demo/kafka")  # wiped on every demo run
 DEFAULT_KAFKA_PORT = 9092
 
 
-def local_kafka(data_dir: Path, port: int):
-    """The persistent single-node broker of the run profile; its controller uses port + 1."""
-    from stream.local_kafka import LocalKafka
-
-    return LocalKafka(data_dir, ports=[port], controller_ports=[port + 1], heap="1g")
-
-
 def cmd_kafka(args: argparse.Namespace) -> int:
-    from stream.local_kafka import KafkaError, ensure_jars
+    from stream.local_kafka import KafkaError, ensure_jars, single_node
 
-    kafka = local_kafka(args.kafka_dir, args.port)
+    kafka = single_node(args.kafka_dir, args.port)
     try:
         if args.action == "fetch":
             print(f"Kafka jars in {ensure_jars()}")

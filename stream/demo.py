@@ -18,6 +18,7 @@ from kafka import KafkaConsumer, KafkaProducer
 
 from schemas import InterestUpdate
 from stream.demo_data import demo_catalog, demo_events, describe_drift, write_demo_dataset
+from stream.local_kafka import single_node
 from stream.processes import get_json, spawn_worker, terminate, wait_for
 from stream.produce import paced, quiet_kafka_logs
 from stream.settings import Settings
@@ -32,8 +33,6 @@ TRAIN_SEED, STREAM_SEED = 1, 0  # the model never sees the stream it is shown
 
 def run_demo(args: argparse.Namespace) -> int:
     """Run until Ctrl-C (SIGINT) or SIGTERM; a broker started here is stopped here."""
-    from stream.cli import local_kafka
-
     stopping = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
@@ -44,7 +43,7 @@ def run_demo(args: argparse.Namespace) -> int:
     settings = Settings.from_env(checkpoint=checkpoint, data_dir=DEMO_DIR / "worker")
     if not (os.environ.get("KAFKA_BOOTSTRAP") or os.environ.get("CURRENTS_BOOTSTRAP")):
         shutil.rmtree(args.kafka_dir, ignore_errors=True)  # a fresh world on every run
-        kafka = local_kafka(args.kafka_dir, args.port)
+        kafka = single_node(args.kafka_dir, args.port)
         settings = settings.model_copy(update={"bootstrap": kafka.bootstrap})
     shutil.rmtree(settings.data_dir, ignore_errors=True)
     worker = None
@@ -57,13 +56,7 @@ def run_demo(args: argparse.Namespace) -> int:
         catalog = demo_catalog()
         events = demo_events(catalog, args.users, args.events_per_user, STREAM_SEED)
         producer = KafkaProducer(bootstrap_servers=settings.bootstrap, acks="all", linger_ms=5)
-        for item in catalog:
-            producer.send(
-                settings.catalog_topic,
-                key=item.item_id.encode(),
-                value=item.model_dump_json().encode(),
-            )
-        producer.flush()
+        publish_catalog(producer, settings, catalog)
 
         worker_log = DEMO_DIR / "worker.log"
         worker = spawn_worker(settings, worker_log)
@@ -111,6 +104,14 @@ def train_demo_model(users: int, events_per_user: int, epochs: int) -> Path:
     result = train(spec, checkpoint, TrainConfig(epochs=epochs))
     print(f"Demo model: test NDCG@10 {result['test']['ndcg@10']:.3f} (model {result['version']})")
     return checkpoint
+
+
+def publish_catalog(producer, settings: Settings, catalog) -> None:
+    for item in catalog:
+        producer.send(
+            settings.catalog_topic, key=item.item_id.encode(), value=item.model_dump_json().encode()
+        )
+    producer.flush()
 
 
 def stream_events(producer, settings: Settings, events, rate: float, stopping) -> None:

@@ -1,9 +1,14 @@
 """The interest engine: a micro-batch of events in, new user records and interest updates out.
 
-Nothing here touches Kafka or Faust: the live agents (stream/app.py) and replays call the same
-`Engine`, and tests call it directly. One `apply` is one batched `step` for every user in the
-batch (a user with several events is stepped in order), one ranking over the item matrix, and
-one record plus one `InterestUpdate` per user.
+Nothing here touches Kafka or Faust: the live agents (stream/worker.py) and replays call the
+same `Engine`, and tests call it directly. A batch goes through four stages:
+
+    admit       one record at a time: decode, check, find the item's row (or dead-letter it)
+    step        one batched model step for every user in the batch (a user's events in order)
+    views       one ranking over the item matrix: each update's interests, shift, top-N
+    ranks       replay only (prequential): the rank each event's item had just before it
+
+and comes out as one record plus one `InterestUpdate` per user (per event with per_event).
 """
 
 import math
@@ -40,7 +45,6 @@ class Incoming:
     appended_at: float  # Kafka record timestamp, seconds: the start of the update's latency
     item_row: int  # the item's row in the item matrix when the event was admitted
     type_index: int  # the event type's embedding row
-    source: object = None  # the Faust event, so the state write lands in its partition
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,45 @@ class UserOutcome:
     updates: list[bytes]  # InterestUpdate JSON: one, or one per event with per_event
     last: Incoming  # the user's last event in the batch
     applied: int  # events newly applied; 0 when re-publishing after a redelivery
+
+
+@dataclass
+class _Step:
+    """A batch after the step stage: the arrays every later stage indexes (E events, G update
+    groups, U stepped users)."""
+
+    users: list[str]  # the stepped users, then the republished ones
+    stepped: int  # how many of `users` were stepped
+    events: list[Incoming]  # (E,) the stepped events, user by user, each user's in order
+    user_of: np.ndarray  # (E,) each event's user
+    head: np.ndarray  # (E,) each user's first event of the batch
+    ends: np.ndarray  # (E,) the event ends an update's group of events
+    items: np.ndarray  # (E,) each event's item row
+    first_seen: np.ndarray  # (U,) users with no event before the batch
+    before: torch.Tensor  # (U, d) each user's interests before the batch
+    out: StepOutput  # (E, d) interests after, and before, each event
+    records: list[UserRecord]  # (U,) the stepped users' new records
+
+    @property
+    def last(self) -> np.ndarray:
+        """(G,) the event that ends each group."""
+        return np.flatnonzero(self.ends)
+
+    @property
+    def starts(self) -> np.ndarray:
+        """(G,) the event that starts each group."""
+        last = self.last
+        return np.append(0, last[:-1] + 1)[: len(last)]
+
+    @property
+    def position(self) -> np.ndarray:
+        """(E,) each event's position among its user's events of the batch."""
+        return np.arange(len(self.events)) - np.flatnonzero(self.head)[self.user_of]
+
+    @property
+    def after_group(self) -> np.ndarray:
+        """(E,) events that follow a group of the same user's events (so an update)."""
+        return np.append(False, self.ends[:-1])[: len(self.events)] & ~self.head
 
 
 class Engine:
@@ -77,13 +120,7 @@ class Engine:
         self.state_resets = 0  # unreadable stored states replaced by a fresh one
 
     def admit(
-        self,
-        key: bytes | None,
-        value: bytes,
-        partition: int,
-        offset: int,
-        timestamp: float,
-        source: object = None,
+        self, key: bytes | None, value: bytes, partition: int, offset: int, timestamp: float
     ) -> Incoming:
         """Decode and check one events-topic record; raise InvalidMessage to dead-letter it.
 
@@ -101,20 +138,60 @@ class Engine:
             type_index = event_type_index(event.event_type.value)
         except ValueError as error:
             raise InvalidMessage(ErrorKind.SCHEMA_VIOLATION, str(error)) from None
-        return Incoming(event, partition, offset, timestamp, row, type_index, source)
+        return Incoming(event, partition, offset, timestamp, row, type_index)
 
     @torch.inference_mode()
     def apply(
         self, stored: Mapping[str, bytes | None], batch: Sequence[Incoming]
     ) -> list[UserOutcome]:
         """Apply a batch (in partition order) to the users' stored records."""
+        records, fresh, redelivered = self._sort(stored, batch)
+        republished = [user for user in redelivered if user not in fresh]  # nothing new in them
+        if not fresh and not republished:
+            return []
+        step = self._step(records, fresh, republished)
+        rows, baseline, rank_row = self._rows(step, records, fresh)
+        ranking = self._rank(rows, shown=baseline.start, baselines=len(baseline))
+        ranks = self._ranks(step, ranking, rank_row)
+        views = self._views(ranking, self._shift_from(step, baseline))
+        updates: dict[str, list[bytes]] = {}
+        now, version = time.time(), self.checkpoint.version
+        for view, covered in zip(views, self._covered(step, redelivered), strict=True):
+            last = covered[-1]
+            user = last.event.user_id
+            # the update id names the last event the view includes: a re-published update
+            # (a user with nothing new) shows the stored record, and keeps its id
+            at = last if user in fresh else records[user]
+            update = {
+                "schema_version": SCHEMA_VERSION,
+                "update_id": f"{version}:{user}:{at.partition}:{at.offset}",
+                "user_id": user,
+                "model_version": version,
+                "events": [_event_ref(i, ranks.get(id(i))) for i in covered],
+                **view,
+                "latency_ms": max(0.0, (now - last.appended_at) * 1000),
+            }
+            updates.setdefault(user, []).append(orjson.dumps(update))
+        outcomes = []
+        for user, record in zip(
+            step.users, step.records + [records[u] for u in republished], strict=True
+        ):
+            applied = fresh.get(user, [])
+            last_event = max(applied or redelivered[user], key=_offset)
+            outcomes.append(
+                UserOutcome(user, record.to_bytes(), updates[user], last_event, len(applied))
+            )
+        return outcomes
+
+    def _sort(self, stored: Mapping[str, bytes | None], batch: Sequence[Incoming]):
+        """The users' stored records; per user, the events to apply now (fresh), and those
+        applied before a crash (redelivered: to re-publish). Repeated event ids are dropped."""
         by_user: dict[str, list[Incoming]] = {}
         for incoming in batch:
             by_user.setdefault(incoming.event.user_id, []).append(incoming)
         records = {user: self._record(stored.get(user)) for user in by_user}
-
-        fresh: dict[str, list[Incoming]] = {}  # events to apply now
-        redelivered: dict[str, list[Incoming]] = {}  # applied before a crash: re-publish
+        fresh: dict[str, list[Incoming]] = {}
+        redelivered: dict[str, list[Incoming]] = {}
         for user, events in by_user.items():
             record, seen = records[user], set(records[user].recent_events)
             for incoming in events:
@@ -125,11 +202,16 @@ class Engine:
                 else:
                     fresh.setdefault(user, []).append(incoming)
                     seen.add(incoming.event.event_id)
-        stepped = list(fresh)
-        republished = [user for user in redelivered if user not in fresh]  # nothing new in them
-        if not stepped and not republished:
-            return []
+        return records, fresh, redelivered
 
+    def _step(
+        self,
+        records: dict[str, UserRecord],
+        fresh: dict[str, list[Incoming]],
+        republished: list[str],
+    ) -> _Step:
+        """One batched model step over every fresh event; the stepped users' new records."""
+        stepped = list(fresh)
         events = [incoming for user in stepped for incoming in fresh[user]]
         user_of = np.repeat(np.arange(len(stepped)), [len(fresh[user]) for user in stepped])
         head = np.ones(len(events), dtype=bool)  # each user's first event of the batch
@@ -153,119 +235,111 @@ class Engine:
             )
         else:
             out = StepOutput(interest=before, prev_interest=before)  # no rows
-        new_records = self._new_records(records, fresh, states, out, before)
-
         # An update follows each group of a user's consecutive events: every event (per_event)
         # or all of the user's events in the batch; then one per republished user.
         ends = np.append(head[1:], True)[: len(events)] | self.per_event
-        last = np.flatnonzero(ends)  # (G,) the event that ends each group
-        starts = np.append(0, last[:-1] + 1)[: len(last)]  # ... and the one that starts it
-        covered = [events[start : end + 1] for start, end in zip(starts, last, strict=True)]
-        # A user's first update of the batch also covers the user's events redelivered after a
-        # crash: applied before it, their own updates may never have been sent.
+        new_records = self._new_records(records, fresh, states, out, before)
+        return _Step(
+            stepped + republished, len(stepped), events, user_of, head, ends, items,
+            first_seen, before, out, new_records,
+        )  # fmt: skip
+
+    def _covered(self, step: _Step, redelivered: dict[str, list[Incoming]]) -> list[list[Incoming]]:
+        """The events each update covers, in the order of the shown rows. A user's first update
+        of the batch also covers the user's events redelivered after a crash: applied before
+        it, their own updates may never have been sent."""
+        events, starts = step.events, step.starts
+        covered = [events[start : end + 1] for start, end in zip(starts, step.last, strict=True)]
         covered = [
             sorted(redelivered.get(c[0].event.user_id, []) + c, key=_offset) if first else c
-            for c, first in zip(covered, head[starts], strict=True)
+            for c, first in zip(covered, step.head[starts], strict=True)
         ]
-        covered += [sorted(redelivered[u], key=_offset) for u in republished]
+        return covered + [sorted(redelivered[u], key=_offset) for u in step.users[step.stepped :]]
 
-        # What to rank the items for, a row each (_Rows): first what each update shows (the
-        # interests after its group); then each user's interests before the batch (the
-        # baseline of the user's first shift, and the ranking the user's first event met);
-        # then, with prequential ranks, the ranking each event inside a group met. A row's
-        # target is the item whose rank it checks: the ranking an event met is the update
-        # before it, where there is one.
-        prequential = self.prequential
-        users = stepped + republished
+    def _rows(self, step: _Step, records: dict[str, UserRecord], fresh: dict[str, list[Incoming]]):
+        """What to rank the items for, a row each: first what each update shows (the interests
+        after its group); then each user's interests before the batch (the baseline of the
+        user's first shift, and the ranking the user's first event met); then, with
+        prequential ranks, the ranking each event inside a group met. A row's target is the
+        item whose rank it checks: the ranking an event met is the update before it, where
+        there is one. Returns the rows, the baselines' rows, and (prequential) each event's
+        rank row."""
+        prequential, last, items = self.prequential, step.last, step.items
+        republished = step.users[step.stepped :]
         seen = _Seen(
             self.items.rows,
-            [records[user].recent_items for user in users],
-            [fresh.get(user, ()) for user in users],
+            [records[user].recent_items for user in step.users],
+            [fresh.get(user, ()) for user in step.users],
         )
-        position = np.arange(len(events)) - np.flatnonzero(head)[user_of]  # in the user's batch
-        after_group = np.append(False, ends[:-1])[: len(events)] & ~head  # a group ends before
         rows = _Rows()
         rows.add(
-            out.interest[torch.from_numpy(last)],
-            seen.before(user_of[last], position[last] + 1),
-            np.where(np.append(after_group[1:], False), np.roll(items, -1), -1)[last]
+            step.out.interest[torch.from_numpy(last)],
+            seen.before(step.user_of[last], step.position[last] + 1),
+            np.where(np.append(step.after_group[1:], False), np.roll(items, -1), -1)[last]
             if prequential else None,
         )  # fmt: skip
-        everyone = np.arange(len(users))
-        before_batch = before
+        everyone = np.arange(len(step.users))
+        before_batch = step.before
         if republished:
             kept = self._states([records[user].state for user in republished])
-            rows.add(kept.interest, seen.before(everyone[len(stepped) :], 0))
+            rows.add(kept.interest, seen.before(everyone[step.stepped :], 0))
             before_batch = torch.cat(
-                [before, self._prev([records[u].prev_interest for u in republished])]
+                [step.before, self._prev([records[u].prev_interest for u in republished])]
             )
         baseline = rows.add(
             before_batch,
             seen.before(everyone, 0),
             # a stepped user's first event is ranked here; a republished user has none
-            np.append(np.where(first_seen, -1, items[head]), np.full(len(republished), -1))
+            np.append(np.where(step.first_seen, -1, items[step.head]),
+                      np.full(len(republished), -1))
             if prequential else None,
         )  # fmt: skip
-        if prequential:  # the row each event's rank is read from
-            rank_row = np.empty(len(events), dtype=np.int64)
-            rank_row[head] = baseline.start + user_of[head]
-            group = np.cumsum(ends) - ends  # each event's group; its update is row `group`
-            rank_row[after_group] = group[after_group] - 1
-            inside = np.flatnonzero(~head & ~after_group)
-            rank_row[inside] = rows.add(
-                out.prev_interest[torch.from_numpy(inside)],
-                seen.before(user_of[inside], position[inside]),
-                items[inside],
-            ).start + np.arange(len(inside))  # fmt: skip
-        # each update's shift is measured from the update before it, or the user's baseline
-        shift_from = np.concatenate(
+        rank_row = self._prequential_rows(step, rows, baseline, seen) if prequential else None
+        return rows, baseline, rank_row
+
+    def _prequential_rows(self, step: _Step, rows: "_Rows", baseline: range, seen: "_Seen"):
+        """(E,) the row each event's rank is read from: its user's baseline for a first event,
+        the update before it after a group, else a row added here for the ranking it met."""
+        head, after_group, user_of = step.head, step.after_group, step.user_of
+        rank_row = np.empty(len(step.events), dtype=np.int64)
+        rank_row[head] = baseline.start + user_of[head]
+        group = np.cumsum(step.ends) - step.ends  # each event's group; its update is row `group`
+        rank_row[after_group] = group[after_group] - 1
+        inside = np.flatnonzero(~head & ~after_group)
+        rank_row[inside] = rows.add(
+            step.out.prev_interest[torch.from_numpy(inside)],
+            seen.before(user_of[inside], step.position[inside]),
+            step.items[inside],
+        ).start + np.arange(len(inside))  # fmt: skip
+        return rank_row
+
+    def _shift_from(self, step: _Step, baseline: range) -> np.ndarray:
+        """Each update's shift is measured from the update before it, or the user's baseline."""
+        starts, republished = step.starts, len(step.users) - step.stepped
+        return np.concatenate(
             [
-                np.where(head[starts], baseline.start + user_of[starts], np.arange(len(last)) - 1),
-                baseline.start + len(stepped) + np.arange(len(republished)),
+                np.where(
+                    step.head[starts],
+                    baseline.start + step.user_of[starts],
+                    np.arange(len(step.last)) - 1,
+                ),
+                baseline.start + step.stepped + np.arange(republished),
             ]
         ).astype(np.int64)
-        ranking = self._rank(rows, shown=baseline.start, baselines=len(baseline))
 
-        ranks: dict[int, int] = {}  # id(incoming) -> its prequential rank
-        if ranking.ranks is not None:
-            unranked = head & first_seen[user_of]  # no recommendations before a first event
-            ranks = {
-                id(incoming): rank
-                for incoming, rank, skip in zip(
-                    events, ranking.ranks[rank_row].tolist(), unranked.tolist(), strict=True
-                )
-                if not skip
-            }
-        updates: dict[str, list[bytes]] = {}
-        now = time.time()
-        version = self.checkpoint.version
-        for view, events_covered in zip(self._views(ranking, shift_from), covered, strict=True):
-            last = events_covered[-1]
-            user = last.event.user_id
-            # the update id names the last event the view includes: a re-published update
-            # (a user with nothing new) shows the stored record, and keeps its id
-            at = last if user in fresh else records[user]
-            update = {
-                "schema_version": SCHEMA_VERSION,
-                "update_id": f"{version}:{user}:{at.partition}:{at.offset}",
-                "user_id": user,
-                "model_version": version,
-                "events": [_event_ref(i, ranks.get(id(i))) for i in events_covered],
-                **view,
-                "latency_ms": max(0.0, (now - last.appended_at) * 1000),
-            }
-            updates.setdefault(user, []).append(orjson.dumps(update))
-
-        outcomes = []
-        for user, record in zip(
-            stepped + republished, new_records + [records[u] for u in republished], strict=True
-        ):
-            applied = fresh.get(user, [])
-            last_event = max(applied or redelivered[user], key=_offset)
-            outcomes.append(
-                UserOutcome(user, record.to_bytes(), updates[user], last_event, len(applied))
+    def _ranks(self, step: _Step, ranking: "_Ranking", rank_row) -> dict[int, int]:
+        """id(incoming) -> its prequential rank; a user's first event ever has none (no
+        recommendations before it)."""
+        if ranking.ranks is None:
+            return {}
+        unranked = step.head & step.first_seen[step.user_of]
+        return {
+            id(incoming): rank
+            for incoming, rank, skip in zip(
+                step.events, ranking.ranks[rank_row].tolist(), unranked.tolist(), strict=True
             )
-        return outcomes
+            if not skip
+        }
 
     def _new_records(
         self,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["KAFKA_VERSION", "KafkaError", "LocalKafka", "ensure_jars", "free_port"]
+__all__ = ["KAFKA_VERSION", "KafkaError", "LocalKafka", "ensure_jars", "free_port", "single_node"]
 
 KAFKA_VERSION = "4.3.1"
 LOG4J2_VERSION = "2.25.4"  # the log4j2 version that Kafka release was built with
@@ -331,3 +331,8 @@ class LocalKafka:
                 if time.monotonic() > deadline:
                     raise KafkaError(f"cluster at {self.bootstrap} does not answer: {exc}") from exc
                 time.sleep(0.5)
+
+
+def single_node(data_dir: Path, port: int) -> LocalKafka:
+    """The persistent single-node broker of the run profile; its controller uses port + 1."""
+    return LocalKafka(data_dir, ports=[port], controller_ports=[port + 1], heap="1g")

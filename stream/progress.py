@@ -1,5 +1,14 @@
 """Per-partition progress of the events agent, and the repair of holes in what Faust delivers.
 
+`Progress` is where each partition stands: the next offset expected, the batches whose outputs
+Kafka has not acknowledged yet, and the offset stored below which every output is in Kafka.
+Faust writes a table value to RocksDB at once and to its changelog later, and its recovery
+replays the changelog over newer local values; it also flushes the producer before committing
+offsets only on a best-effort basis. So neither a locally written progress value nor the
+committed offset proves a user record is durable; an acknowledged changelog record is: recovery
+restores that version or a later one. Hence progress is stored only once every send of a batch
+(state changelog records, updates, dead letters) is acknowledged.
+
 Faust 0.15 can hand an agent a partition's records with a hole in it: records fetched around a
 seek (a worker start, a rebalance) are dropped from its pipeline and counted as done by its gap
 tracking, then committed without ever being processed. So the agent keeps, in a table next to
@@ -13,12 +22,14 @@ while it seeks to the committed offsets), none does: `LostTails` spots such a pa
 worker asks Faust to fetch it again from where the agent stands.
 """
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from kafka import KafkaConsumer, TopicPartition
 from kafka.admin import KafkaAdminClient
 
-__all__ = ["HoleReader", "LostTails", "Record", "holes"]
+__all__ = ["HoleReader", "LostTails", "Progress", "ProgressStore", "Record", "holes", "span"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,108 @@ def holes(expected: int, offsets: list[int]) -> tuple[list[tuple[int, int]], int
             missing.append((expected, offset))
         expected = max(expected, offset + 1)
     return missing, expected
+
+
+def span(expected: int, offsets: list[int], end: int | None = None):
+    """`holes` of a partition's offsets (in order) up to `end`, exclusive, if any: offsets from
+    `end` on are not processed, but every one before it is, missing or not."""
+    if end is not None and offsets and offsets[-1] >= end:
+        offsets = [*(offset for offset in offsets if offset < end), end]
+    missing, after = holes(expected, offsets)
+    if end is not None:
+        after = max(expected, min(after, end))
+    return missing, after
+
+
+class ProgressStore(Protocol):
+    """Where progress is kept: the worker's progress table. `context` is what `Progress` was
+    handed with the batch (the worker's Faust event: the table write needs its partition)."""
+
+    def get(self, partition: int) -> int | None: ...
+
+    def set(self, partition: int, offset: int, context: object) -> None: ...
+
+
+@dataclass
+class _Pending:
+    end: int  # the next offset after the batch
+    context: object
+    sends: list  # futures, done once Kafka has acknowledged the output
+
+
+class Progress:
+    """Each events partition's progress while this worker keeps it.
+
+    A revocation starts a new generation: a batch that began before it records nothing (the
+    partition's next owner starts from the stored progress).
+    """
+
+    def __init__(self, store: ProgressStore):
+        self.store = store
+        self.generation = 0
+        self._expected: dict[int, int] = {}  # partition -> next offset expected
+        self._delivered: dict[int, int] = {}  # partition -> offset after the last delivered
+        self._pending: dict[int, list[_Pending]] = {}  # batches waiting for their sends
+
+    def delivered(self, partition: int, offset: int) -> None:
+        self._delivered[partition] = offset + 1
+
+    def position(self, partition: int) -> int | None:
+        """The next offset to process: after the last delivered, else (nothing delivered since
+        the partition was assigned) the stored progress; None if neither is known."""
+        done = self._delivered.get(partition)
+        return self.store.get(partition) if done is None else done
+
+    async def resume_point(
+        self, partition: int, context: object, committed: Callable[[int], Awaitable[int]]
+    ) -> int:
+        """The next offset expected: where the last batch ended, else (first batch since the
+        partition was assigned) the stored progress, else (never processed by this model
+        version) the group's committed offset, stored at once as progress."""
+        expected = self._expected.get(partition)
+        if expected is None:
+            expected = self.store.get(partition)
+        if expected is None:
+            expected = await committed(partition)
+            self.store.set(partition, expected, context)
+        return expected
+
+    def record(self, generation: int, batches: dict[int, tuple[int, object, list]]) -> bool:
+        """Note a processed batch: per partition (its next offset, context, sends). False, and
+        nothing noted, when a revocation came since `generation`."""
+        if generation != self.generation:
+            return False
+        for partition, (end, context, sends) in batches.items():
+            self._expected[partition] = end
+            self._pending.setdefault(partition, []).append(_Pending(end, context, sends))
+        return True
+
+    def confirm(self) -> None:
+        """Store each partition's progress past the batches whose sends are all acknowledged;
+        raise RuntimeError if one of them failed (the output was not written)."""
+        for partition, waiting in self._pending.items():
+            confirmed = None
+            while waiting and all(send.done() for send in waiting[0].sends):
+                confirmed = waiting.pop(0)
+                for send in confirmed.sends:
+                    if send.cancelled() or send.exception() is not None:
+                        raise RuntimeError(
+                            f"an output of events partition {partition} was not written"
+                        )
+            if confirmed is not None:
+                self.store.set(partition, confirmed.end, confirmed.context)
+
+    def unconfirmed(self) -> list:
+        """The sends of every batch not confirmed yet."""
+        return [send for waiting in self._pending.values() for b in waiting for send in b.sends]
+
+    def revoke(self, partitions: list[int]) -> None:
+        """Forget `partitions` and start a new generation."""
+        self.generation += 1
+        for partition in partitions:
+            self._expected.pop(partition, None)
+            self._pending.pop(partition, None)
+            self._delivered.pop(partition, None)
 
 
 class LostTails:

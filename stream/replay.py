@@ -1,14 +1,14 @@
 """`currents replay`: re-score history from the events topic with any model version.
 
-A replay is the live worker's app (stream/app.py) run in a namespace of its own: its own
-consumer group, its own state tables and changelogs, its own output and dead-letter topics,
-its own data directory. It reads the live events and item-vectors topics and writes nothing the
-live workers read. Differences from a live worker: it starts at `--from` (a new namespace
-only; an existing one resumes where it stopped), stops by itself at `--until` (unless
-`--follow`), publishes one update per event (so its outputs do not depend on how batches
-formed; `--coalesce` publishes one per user and batch, as live workers do), and puts on each
-event the rank its item had in the user's ranking just before it: the prequential check that
-`currents report` turns into quality over time.
+A replay is the live worker's app (stream/app.py), bounded by its plan, in a namespace of its
+own: its own consumer group, its own state tables and changelogs, its own output and
+dead-letter topics, its own data directory. It reads the live events and item-vectors topics and
+writes nothing the live workers read. Differences from a live worker: it starts at `--from` (a
+new namespace only; an existing one resumes where it stopped), stops by itself at `--until`
+(unless `--follow`), publishes one update per event (so its outputs do not depend on how
+batches formed; `--coalesce` publishes one per user and batch, as live workers do), and puts on
+each event the rank its item had in the user's ranking just before it: the prequential check
+that `currents report` turns into quality over time.
 
 Everything that can be checked is checked before any work starts: the topic, the positions,
 the checkpoint against the item catalog. Interrupt with Ctrl-C; the same command resumes.
@@ -21,13 +21,14 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
+from tqdm import tqdm
 
 from stream.settings import Settings
 
@@ -43,7 +44,8 @@ class ReplayError(Exception):
 
 @dataclass
 class ReplayPlan:
-    """Where a replay starts and ends in each partition of the events topic."""
+    """Where a replay starts and ends in each partition of the events topic; the bounds the
+    worker keeps to (stream/worker.py, Bounds)."""
 
     topic: str
     start: dict[int, int]  # partition -> first offset to process
@@ -53,6 +55,7 @@ class ReplayPlan:
     processed: dict[int, int] = field(default_factory=dict)  # partition -> next offset, live
     finished: bool = False
     started_at: float = field(default_factory=time.monotonic)
+    bar: tqdm | None = field(default=None, repr=False)  # shown while the worker runs
 
     @property
     def total(self) -> int | None:
@@ -72,6 +75,29 @@ class ReplayPlan:
         return self.until is not None and all(
             self.processed.get(p, self.start[p]) >= end for p, end in self.until.items()
         )
+
+    def end(self, partition: int) -> int | None:
+        return self.until.get(partition) if self.until else None
+
+    def advance(self, offsets: Mapping[int, int]) -> None:
+        self.processed.update(offsets)
+
+    def show_progress(self) -> None:
+        self.bar = tqdm(
+            total=self.total, unit="ev", desc="replay", smoothing=0.1, dynamic_ncols=True
+        )
+
+    def tick(self) -> None:
+        """Called by the worker's timer: advance the bar; at the end ask the worker to stop
+        (SIGTERM: Faust then flushes the outputs, commits and closes the tables)."""
+        if self.bar is not None:
+            self.bar.n = self.done()
+            self.bar.refresh()
+        if self.complete() and not self.finished:
+            self.finished = True
+            if self.bar is not None:
+                self.bar.close()
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 # --- positions ----------------------------------------------------------------------------
@@ -388,8 +414,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app = create_app(settings, replay=plan)
+    app = create_app(settings, bounds=plan)
     worker = create_worker(app, settings, "warning", quiet=True)
+    plan.show_progress()
     try:
         worker.execute_from_commandline()
     except SystemExit as exit:
@@ -408,15 +435,3 @@ def run(args: argparse.Namespace) -> int:
                                  args.window):  # fmt: skip
             print(f"wrote {path}")
     return 0
-
-
-def stop_when_complete(plan: ReplayPlan, bar) -> bool:
-    """Called by the app's timer: advance the bar; at the end ask the worker to stop (SIGTERM:
-    Faust then flushes the outputs, commits and closes the tables). True once complete."""
-    bar.n = plan.done()
-    bar.refresh()
-    if plan.complete() and not plan.finished:
-        plan.finished = True
-        bar.close()
-        os.kill(os.getpid(), signal.SIGTERM)
-    return plan.finished

@@ -87,3 +87,32 @@ class Settings(BaseModel):
     def to_env(self) -> dict[str, str]:
         """The `CURRENTS_*` variables that reproduce these settings in a child process."""
         return {ENV_PREFIX + name.upper(): str(value) for name, value in self if value is not None}
+
+    def faust_options(self, replay: bool = False) -> dict:
+        """Faust's app settings for these (stream/app.py); a replay's differ a little."""
+        return dict(
+            broker=self.broker_url,
+            store="rocksdb://",
+            datadir=str(self.data_dir),
+            topic_partitions=self.partitions,
+            topic_replication_factor=self.replication_factor,
+            broker_commit_interval=self.commit_interval,
+            broker_session_timeout=self.session_timeout,
+            broker_heartbeat_interval=min(3.0, self.session_timeout / 10),
+            # No standby replicas: Faust 0.15 clears its changelog queue whenever flow resumes, and
+            # standby records queued then are lost for good (their read offset has moved on), so a
+            # standby promoted at a rebalance served missing or stale user states. A partition
+            # that moves is restored from its changelog instead, with the streams paused.
+            table_standby_replicas=0,
+            web_host=self.web_host,
+            web_port=self.web_port,
+            web_enabled=not replay,  # a replay is driven from its command line
+            # A replay publishes one update per event: fewer, larger produce requests.
+            producer_linger=0.01 if replay else 0.0,
+            producer_max_batch_size=(1 << 18) if replay else 16384,
+            web_bind=self.web_bind,
+            canonical_url=f"http://{self.web_host}:{self.web_port}",
+            # Faust's own /table and /router pages expose raw table contents: off.
+            web_tables_enabled=False,
+            web_router_enabled=False,
+        )

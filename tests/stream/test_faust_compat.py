@@ -1,5 +1,6 @@
-"""Eager delivery (stream/consumer.py) keeps `wait_first`'s outcomes without its tasks, and
-fetches are sized to the inflow.
+"""stream/faust_compat.py: eager delivery keeps `wait_first`'s outcomes without its tasks,
+fetches are sized to the inflow, unsupported versions are refused, and the worker has no
+spinner. These tests reach into Faust's private API, as the module does.
 
 A plain mode Service stands in for Faust's consumer: a `callback` that delivers a record and a
 flow that a rebalance suspends, as `Consumer._drain_messages` uses them.
@@ -7,16 +8,26 @@ flow that a rebalance suspends, as `Consumer._drain_messages` uses them.
 
 import asyncio
 import gc
+import importlib.metadata
+import importlib.util
+import logging
+import re
+import tomllib
 import warnings
+from pathlib import Path
 
 import faust
 import pytest
 from mode import Service
 from mode.utils.locks import Event
 
-from stream.consumer import (
+import stream.faust_compat
+from stream.faust_compat import (
     FETCH_FILL_SECONDS,
     FETCH_MIN_BYTES_CAP,
+    UnsupportedVersion,
+    check_versions,
+    create_worker,
     eager_wait_first,
     fetch_min_bytes,
     set_fetch_min_bytes,
@@ -160,3 +171,66 @@ def test_tuning_a_consumer_that_has_not_started_says_so():
             tune_consumer(app)
 
     run(test)
+
+
+SUPPORTED_NOW = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
+
+
+def installed(**versions):
+    """A stand-in for importlib.metadata.version: supported versions, but `versions`."""
+    return {**SUPPORTED_NOW, **versions}.__getitem__
+
+
+def test_the_installed_versions_are_supported():
+    check_versions()
+    check_versions(installed())
+
+
+@pytest.mark.parametrize(
+    "name, version, supported",
+    [
+        ("faust-streaming", "0.16.0", "faust-streaming >=0.15.3,<0.16"),
+        ("faust-streaming", "0.15.2", "faust-streaming >=0.15.3,<0.16"),
+        ("aiokafka", "0.15.1", "aiokafka >=0.13,<0.15"),
+        ("aiokafka", "0.12.0", "aiokafka >=0.13,<0.15"),
+    ],
+)
+def test_an_unsupported_version_is_refused_naming_the_supported_range(name, version, supported):
+    with pytest.raises(UnsupportedVersion, match=f"supports {supported}; {version} is installed"):
+        check_versions(installed(**{name: version}))
+
+
+def test_importing_with_an_unsupported_faust_fails(monkeypatch):
+    real = importlib.metadata.version
+    monkeypatch.setattr(
+        importlib.metadata,
+        "version",
+        lambda name: "0.17.0" if name == "faust-streaming" else real(name),
+    )
+    path = Path(stream.faust_compat.__file__)
+    spec = importlib.util.spec_from_file_location("faust_compat_under_test", path)
+    with pytest.raises(ImportError, match=r"faust-streaming >=0\.15\.3,<0\.16; 0\.17\.0"):
+        spec.loader.exec_module(importlib.util.module_from_spec(spec))
+
+
+def test_worker_does_not_switch_library_debug_logging_on():
+    # Faust's terminal spinner sets the root logger to DEBUG: every debug line of every library
+    # (aiokafka: one per message produced) would be formatted on the hot path.
+    root = logging.getLogger()
+    level, handlers = root.level, root.handlers[:]
+    try:
+        worker = create_worker(faust.App("logging-test"), "warning", quiet=True)
+        worker._setup_logging()
+        assert not logging.getLogger("aiokafka.producer.producer").isEnabledFor(logging.DEBUG)
+        assert logging.getLogger("aiokafka").isEnabledFor(logging.WARNING)
+    finally:
+        root.setLevel(level)
+        root.handlers[:] = handlers
+
+
+def test_the_supported_range_is_the_one_pyproject_pins():
+    pyproject = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    pins = dict(re.match(r"([\w-]+)(.*)", d).groups() for d in pyproject["project"]["dependencies"])
+    for name, (low, high) in stream.faust_compat.SUPPORTED.items():
+        dotted = [".".join(map(str, version)) for version in (low, high)]
+        assert pins[name] == f">={dotted[0]},<{dotted[1]}"

@@ -1,0 +1,304 @@
+"""Every use of Faust's and aiokafka's private API, in one place, for the versions below only.
+
+The worker needs a few things Faust 0.15 does not offer:
+
+- **Table writes from a micro-batch** (`in_partition_of`). Faust picks the changelog partition
+  and RocksDB store of a write from the event being processed, a context variable its stream
+  iteration sets in the task that iterates (the batcher's drainer, as in `take_events`), not in
+  the agent's (faust #497).
+- **Acknowledged changelog sends** (`AckedTable`): the futures of a table's changelog records,
+  so that progress is recorded only once Kafka has them.
+- **Raw batch publish** (`publish_batches`): appending to aiokafka's record batches costs a
+  third of Faust's per-message path per record (11 against 34 us of CPU); a replay publishes one
+  update per event.
+- **Partition metadata** (`load_partition_metadata`) for Faust's request router.
+- **Consumer costs Faust's settings do not reach** (`tune_consumer`, `set_fetch_min_bytes`):
+  - *Fetch wait.* Faust hard-codes aiokafka's `fetch_max_wait_ms=1500`, and aiokafka keeps one
+    fetch in flight per broker, for the partitions whose records the worker has consumed. When
+    it goes out while the busy events partitions still have records buffered, it asks only for
+    quiet ones (the catalog's) and the broker holds it for its whole wait; the busy partitions,
+    drained meanwhile, cannot be fetched until it returns. Under a steady load those stalls fed
+    on themselves: seconds of latency at half the worker's capacity (docs/benchmarks.md).
+  - *Fetch size.* aiokafka asks the broker to answer a fetch as soon as it has one byte: under a
+    steady load every fetch carries a handful of records, and each costs the consumer thread a
+    request to encode, a response to decode and a hand-over to the event loop. The fetch's
+    minimum size follows the inflow instead: about `FETCH_FILL_SECONDS` of it, so a quiet stream
+    is still answered at once, and a busy one in fewer, fuller fetches (`fetch_min_bytes`). The
+    fill is a latency budget spent to save CPU: in bench/throughput.py, 30 ms of inflow against
+    10 ran the paced worker at 64-82 % of a core instead of 81-97 %, with p99 43-83 ms in
+    twelve runs (docs/benchmarks.md).
+  - *Delivery.* Faust hands every record to the streams with
+    `wait_first(callback(record), suspend_flow.wait())`, four tasks per record, so that a
+    rebalance can abandon a delivery that blocks on a full stream buffer. Nearly every delivery
+    completes without blocking: here it starts at once, in the consumer's task, and only one
+    that blocks goes on under `wait_first`, with the same outcome. A third of the live worker's
+    CPU per event went to those tasks (docs/benchmarks.md).
+- **No terminal spinner** (`create_worker`) and **recovery state** (`tables_restored`,
+  `steady`).
+
+Importing this module checks the installed versions: another faust or aiokafka may have moved
+any of these internals, so it refuses to run on one it was not tested with.
+"""
+
+import functools
+import importlib.metadata
+import re
+import types
+import weakref
+from collections.abc import Coroutine, Generator, Iterator
+from contextlib import contextmanager
+
+import faust
+import faust.streams
+from aiokafka.partitioner import DefaultPartitioner
+from mode.services import WaitResults
+
+__all__ = [
+    "FETCH_MAX_WAIT_MS",
+    "SUPPORTED",
+    "AckedTable",
+    "UnsupportedVersion",
+    "check_versions",
+    "create_worker",
+    "eager_wait_first",
+    "fetch_min_bytes",
+    "in_partition_of",
+    "load_partition_metadata",
+    "publish_batches",
+    "set_fetch_min_bytes",
+    "steady",
+    "tables_restored",
+    "tune_consumer",
+]
+
+# distribution -> [lowest supported, first unsupported): keep in step with pyproject.toml
+SUPPORTED = {"faust-streaming": ((0, 15, 3), (0, 16)), "aiokafka": ((0, 13), (0, 15))}
+FETCH_MAX_WAIT_MS = 50  # how long the broker may hold a fetch that finds no new record
+FETCH_FILL_SECONDS = 0.03  # under a steady load, a fetch waits for about this much inflow
+FETCH_MIN_BYTES_CAP = 1 << 16  # far below a fetch's maximum (1 MiB a partition)
+
+
+class UnsupportedVersion(ImportError):
+    """An installed faust or aiokafka whose internals this module was not written for."""
+
+
+def check_versions(installed=importlib.metadata.version) -> None:
+    """Raise UnsupportedVersion unless every distribution in SUPPORTED is in its range."""
+    for name, (low, high) in SUPPORTED.items():
+        version = installed(name)
+        parsed = tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+        if not low <= parsed < high:
+            raise UnsupportedVersion(
+                f"stream/faust_compat.py supports {name} >={_dotted(low)},<{_dotted(high)}; "
+                f"{version} is installed"
+            )
+
+
+def _dotted(version: tuple[int, ...]) -> str:
+    return ".".join(map(str, version))
+
+
+check_versions()
+
+
+# --- tables ---------------------------------------------------------------------------------
+
+
+class AckedTable(faust.Table):
+    """A Faust table that can hand over the futures of its changelog sends (when tracking).
+
+    A future is done once Kafka has acknowledged the changelog record; only then is the write
+    safe from a crash (stream/progress.py).
+    """
+
+    _sends: list | None = None
+
+    def track_sends(self) -> None:
+        self._sends = []
+
+    def take_sends(self) -> list:
+        """The futures of the changelog records sent since the last call."""
+        sends = self._sends or []
+        if self._sends is not None:
+            self._sends = []
+        return sends
+
+    def send_changelog(self, *args, **kwargs):
+        future = super().send_changelog(*args, **kwargs)
+        if self._sends is not None:
+            self._sends.append(future)
+        return future
+
+
+@contextmanager
+def in_partition_of(event) -> Iterator[None]:
+    """Let a table write made for a micro-batch go to `event`'s partition: its changelog,
+    recovery and partition store are then exactly those of a per-event write. tests/integration
+    checks the changelog and restore behaviour."""
+    token = faust.streams._current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        faust.streams._current_event.reset(token)
+
+
+def tables_restored(app: faust.App) -> bool:
+    """The tables are restored from their changelogs (streams run again)."""
+    recovery = app.tables.recovery
+    return recovery.completed.is_set() and not recovery.in_recovery
+
+
+def steady(app: faust.App) -> bool:
+    """Restored and not rebalancing: the consumer's positions mean what they say."""
+    return tables_restored(app) and not app.rebalancing
+
+
+# --- producing ------------------------------------------------------------------------------
+
+_partitioner = DefaultPartitioner()  # Kafka's: murmur2 of the key, as Java clients hash it
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def key_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner gives `key`; cached: murmur2 is pure Python
+    in aiokafka (2 us a key), and a replay publishes an update per event of the same users."""
+    every = list(range(partitions))
+    return _partitioner(key, every, every)
+
+
+async def publish_batches(app: faust.App, topic: str, records: list[tuple[bytes, bytes]]) -> list:
+    """Send (key, value) records straight to Kafka, one record batch per partition of `topic`,
+    keyed as Kafka's default partitioner does; returns the delivery futures."""
+    producer = app.producer._ensure_producer()
+    count = len(await producer.partitions_for(topic))
+    by_partition: dict[int, list[tuple[bytes, bytes]]] = {}
+    for key, value in records:
+        by_partition.setdefault(key_partition(key, count), []).append((key, value))
+    delivered = []
+    for partition, batch_records in by_partition.items():
+        batch = producer.create_batch()
+        for key, value in batch_records:
+            if batch.append(key=key, value=value, timestamp=None) is None:  # batch full
+                delivered.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None)
+        delivered.append(await producer.send_batch(batch, topic, partition=partition))
+    return delivered
+
+
+async def load_partition_metadata(app: faust.App, table) -> None:
+    """Make sure the producer knows the partitions of `table`'s changelog.
+
+    Faust's request router hashes the key with the producer's metadata, which only holds
+    topics the producer has written to: a freshly restored worker would fail every routed
+    request. Asking for the partitions is a no-op once they are known.
+    """
+    await app.producer._ensure_producer().partitions_for(table.changelog_topic.get_topic_name())
+
+
+# --- the worker -----------------------------------------------------------------------------
+
+
+def create_worker(app: faust.App, loglevel: str, quiet: bool = False) -> faust.Worker:
+    """A Faust worker without its terminal spinner: to spin on every log line, it sets the root
+    logger to DEBUG, and every library then formats every debug line (aiokafka one per message
+    produced), 4-6 % of a busy worker's time."""
+    worker = faust.Worker(app, loglevel=loglevel, quiet=quiet)
+    worker.spinner = None
+    return worker
+
+
+# --- the consumer ---------------------------------------------------------------------------
+
+
+def tune_consumer(app: faust.App) -> None:
+    """Shorten the fetch wait and start deliveries eagerly (idempotent: at every assignment)."""
+    consumer = app.consumer
+    fetcher = _fetcher(app)
+    if fetcher is None:
+        raise RuntimeError("the consumer has not started: tune it once partitions are assigned")
+    if not all(hasattr(fetcher, name) for name in ("_fetch_max_wait_ms", "_fetch_min_bytes")):
+        raise RuntimeError("aiokafka's fetcher has changed: fetches cannot be tuned")
+    fetcher._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
+    if "wait_first" not in vars(consumer):
+        consumer.wait_first = eager_wait_first(consumer)
+
+
+def fetch_min_bytes(inflow_bytes_per_second: float) -> int:
+    """The least a fetch should bring back for an inflow of records this fast: about
+    `FETCH_FILL_SECONDS` of it. A fetch never waits longer than `FETCH_MAX_WAIT_MS` for it,
+    should the inflow stop."""
+    wanted = int(inflow_bytes_per_second * FETCH_FILL_SECONDS)
+    return max(1, min(FETCH_MIN_BYTES_CAP, wanted))
+
+
+def set_fetch_min_bytes(app: faust.App, size: int) -> None:
+    """Ask the broker to hold the next fetches until it has `size` bytes (or the fetch wait
+    is over). A no-op until the consumer has started."""
+    fetcher = _fetcher(app)
+    if fetcher is not None:
+        fetcher._fetch_min_bytes = size
+
+
+def _fetcher(app: faust.App):
+    """The aiokafka fetcher under Faust's consumer thread; None until the consumer has started
+    (Faust creates the aiokafka consumer first, and aiokafka its fetcher at start)."""
+    aiokafka_consumer = getattr(app.consumer._thread, "_consumer", None)
+    return getattr(aiokafka_consumer, "_fetcher", None)
+
+
+def eager_wait_first(service):
+    """`service.wait_first`, except that a first argument that is a delivery (a coroutine of
+    `service.callback`) runs at once in the caller's task. If it completes without waiting, its
+    result is returned as `wait_first` would; if it waits, it goes on under `wait_first`, which
+    cancels it when another argument (the flow's suspension) or the service's stop comes first."""
+    wait_first = service.wait_first
+
+    async def first_of(*coros, timeout=None) -> WaitResults:
+        delivery = coros[0] if coros else None
+        if not (
+            isinstance(delivery, types.CoroutineType)
+            and delivery.cr_code is getattr(service.callback, "__code__", None)
+        ):
+            return await wait_first(*coros, timeout=timeout)
+        try:
+            waiting_on = delivery.send(None)
+        except StopIteration as done:
+            _close(coros[1:])
+            return WaitResults([delivery], [done.value], False)
+        except BaseException:
+            _close(coros[1:])
+            raise
+        return await wait_first(_Resumed(delivery, waiting_on), *coros[1:], timeout=timeout)
+
+    return first_of
+
+
+class _Resumed:
+    """Await a coroutine that has already run up to its first wait (on `waiting_on`)."""
+
+    def __init__(self, coro: Coroutine, waiting_on):
+        self._coro, self._waiting_on = coro, waiting_on
+
+    def __await__(self) -> Generator:
+        coro, waiting_on = self._coro, self._waiting_on
+        while True:
+            try:
+                sent = yield waiting_on
+            except BaseException as thrown:  # a cancellation, say: the coroutine handles it
+                try:
+                    waiting_on = coro.throw(thrown)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    waiting_on = coro.send(sent)
+                except StopIteration as done:
+                    return done.value
+
+
+def _close(coros) -> None:
+    """Close coroutines that will not run (no 'never awaited' warning)."""
+    for coro in coros:
+        if isinstance(coro, types.CoroutineType):
+            coro.close()
