@@ -92,19 +92,7 @@ def test_the_cycle_finder_sees_function_local_imports(tmp_path):
     assert cycles({"a": {"b"}, "b": set()}) == []
 
 
-@pytest.mark.parametrize(
-    "package",
-    [
-        "stream",
-        "schemas",
-        pytest.param(
-            "model",
-            marks=pytest.mark.xfail(
-                strict=True, reason="model/train.py <-> model/evaluate.py, removed on main"
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("package", ["stream", "model", "schemas"])
 def test_no_import_cycles(package):
     found = [
         cycle
