@@ -5,7 +5,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Discriminator, Field, StringConstraints, Tag
 
-from schemas.common import MESSAGE_CONFIG, Identifier, ShortText, UtcTimestamp
+from schemas.common import MESSAGE_CONFIG, EventTimestamp, Identifier, ShortText
 
 __all__ = ["BehaviorEvent", "CatalogMessage", "EventType", "ItemDeletion", "ItemUpsert"]
 
@@ -36,7 +36,10 @@ class BehaviorEvent(BaseModel):
     user_id: Identifier = Field(description="The user; also the Kafka message key.")
     item_id: Identifier = Field(description="The item interacted with, as in the catalog.")
     event_type: EventType = Field(description="Kind of interaction: click or view.")
-    timestamp: UtcTimestamp = Field(description="When the user acted (not when it was sent).")
+    timestamp: EventTimestamp = Field(
+        description="When the user acted (not when it was sent): ISO 8601 with an explicit "
+        "offset, or an integer of Unix epoch milliseconds; between 1990-01-01 and 2100-01-01."
+    )
     dwell_ms: int | None = Field(
         default=None,
         ge=0,

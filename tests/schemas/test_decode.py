@@ -16,6 +16,7 @@ from schemas import (
     decode_catalog,
     decode_event,
 )
+from schemas.common import EARLIEST_EPOCH_MS, LATEST_EPOCH_MS
 
 VALID = {
     "event_id": "e-1",
@@ -46,6 +47,49 @@ def test_valid_event_decodes_with_utc_timestamp():
 def test_event_round_trips_through_json():
     event = decode_event(encode(event_type="view"))
     assert decode_event(event.model_dump_json().encode()) == event
+
+
+def test_epoch_milliseconds_decode_to_the_same_event_as_iso():
+    event = decode_event(encode(timestamp=1714557600000))  # VALID's time, 10:00 UTC
+    assert event == decode_event(encode())
+    assert decode_event(encode(timestamp=1714557600123)).timestamp == datetime(
+        2024, 5, 1, 10, 0, 0, 123000, tzinfo=UTC
+    )
+    assert '"timestamp":"2024-05-01T10:00:00Z"' in event.model_dump_json()
+
+
+def test_epoch_millisecond_range_is_the_iso_range():
+    assert decode_event(encode(timestamp=EARLIEST_EPOCH_MS)).timestamp == datetime(
+        1990, 1, 1, tzinfo=UTC
+    )
+    assert decode_event(encode(timestamp=LATEST_EPOCH_MS - 1)).timestamp == datetime(
+        2099, 12, 31, 23, 59, 59, 999000, tzinfo=UTC
+    )
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "says"),
+    [
+        (EARLIEST_EPOCH_MS - 1, "epoch milliseconds 631151999999 are outside [1990-01-01"),
+        (LATEST_EPOCH_MS, "are outside [1990-01-01, 2100-01-01)"),
+        (-1, "are outside"),
+        (10**30, "are outside"),
+        (1714557600000.0, "or an integer of epoch milliseconds, got float"),
+        (True, "got bool"),
+        (None, "got NoneType"),
+        ("1714557600000", "numeric string is not a timestamp"),
+        ("1714557600", "numeric string is not a timestamp"),
+        ("1714557600.5", "numeric string is not a timestamp"),
+        ("2024-05-01T12:00:00", "timezone"),
+        ("2024-05-01", "timezone"),
+        ("yesterday", "valid datetime"),
+    ],
+)
+def test_timestamps_that_are_neither_iso_nor_epoch_ms_are_rejected(timestamp, says):
+    error = reject(encode(timestamp=timestamp))
+    assert error.kind is ErrorKind.SCHEMA_VIOLATION
+    assert error.reason.startswith("invalid BehaviorEvent: timestamp: ")
+    assert says in error.reason
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,9 @@
 import json
 
+import pytest
+
+from schemas import InvalidMessage, decode_event
+from schemas.export import json_schemas
 from stream.cli import main
 
 
@@ -20,3 +24,24 @@ def test_schemas_export_writes_one_json_schema_per_message(tmp_path, capsys):
     assert all(field.get("description") for field in event["properties"].values())
     dead = json.loads((tmp_path / "out" / "DeadLetter.schema.json").read_text())
     assert dead["properties"]["payload"]["format"] == "base64url"
+
+
+def test_event_timestamp_schema_documents_iso_and_epoch_milliseconds():
+    timestamp = json_schemas()["BehaviorEvent"]["properties"]["timestamp"]
+    iso, millis = timestamp["anyOf"]
+    assert iso == {"type": "string", "format": "date-time", "description": iso["description"]}
+    assert "offset" in iso["description"]
+    assert millis["type"] == "integer" and "epoch milliseconds" in millis["description"]
+    assert "epoch milliseconds" in timestamp["description"]
+    event = {"event_id": "e", "user_id": "u", "item_id": "i", "event_type": "view"}
+    for accepted in (millis["minimum"], millis["maximum"]):
+        decode_event(json.dumps({**event, "timestamp": accepted}).encode())
+    for rejected in (millis["minimum"] - 1, millis["maximum"] + 1):
+        with pytest.raises(InvalidMessage, match="outside"):
+            decode_event(json.dumps({**event, "timestamp": rejected}).encode())
+
+
+def test_outgoing_timestamps_stay_iso_8601_in_the_schema():
+    update = json_schemas()["InterestUpdate"]
+    event_ref = update["$defs"]["EventRef"]["properties"]["timestamp"]
+    assert event_ref["type"] == "string" and event_ref["format"] == "date-time"

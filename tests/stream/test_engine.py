@@ -1,5 +1,6 @@
 """The engine against the offline model: same states, same scores, whatever the batching."""
 
+import json
 import random
 from datetime import UTC, datetime, timedelta
 
@@ -258,6 +259,20 @@ def test_unknown_items_and_bad_records_are_rejected_with_a_reason(engine):
     with pytest.raises(InvalidMessage) as caught:
         engine.admit(b"u0", b"{oops", 0, 1, 0.0)
     assert caught.value.kind is ErrorKind.UNDECODABLE
+
+
+def test_epoch_millisecond_events_are_applied_like_iso_ones(engine):
+    stream = stream_of(users=2, events=6)
+    iso_stored, _ = run(engine, stream, 6)
+    batch = []
+    for event, partition, offset in stream:
+        payload = event.model_dump(mode="json")
+        payload["timestamp"] = round(event.timestamp.timestamp() * 1000)
+        raw = json.dumps(payload).encode()
+        batch.append(engine.admit(event.user_id.encode(), raw, partition, offset, 0.0))
+    assert [incoming.event for incoming in batch] == [event for event, _, _ in stream]
+    stored = {outcome.user_id: outcome.record for outcome in engine.apply({}, batch)}
+    assert stored == iso_stored
 
 
 def test_deleted_items_are_never_recommended_and_new_ones_are(checkpoint, engine):
