@@ -64,7 +64,9 @@ class TrainConfig:
     lr: float = 2e-3  # peak AdamW learning rate, after a linear warm-up
     weight_decay: float = 0.05  # on matrices (not biases, norms or embeddings)
     warmup: float = 0.05  # share of the steps spent warming the learning rate up
-    patience: int = 6  # epochs without a better validation NDCG@10 before stopping
+    patience: int = 6  # epochs without a better validation NDCG@10 before stopping, counted
+    # from two thirds of the schedule on: before, the learning rate is still high and a small
+    # validation set's noise would stop a model that the decay has yet to settle
     negatives: int = 0  # 0 = softmax over all training items; >0 = sampled softmax
     max_len: int | None = None  # truncate training sequences (None = the model's own max_len)
     seed: int = 0
@@ -178,7 +180,7 @@ def fit(model, split: Split, cat: Catalog, cfg: TrainConfig) -> FitResult:
         if val > best:
             best, best_epoch = val, epoch
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        elif epoch - best_epoch >= cfg.patience:
+        elif epoch - max(best_epoch, 2 * cfg.epochs // 3) >= cfg.patience:
             break
     epochs.close()
     model.load_state_dict(best_state)
