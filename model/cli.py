@@ -96,7 +96,8 @@ def add_data_arguments(p: argparse.ArgumentParser, split_from_checkpoint: bool =
         "--patience",
         type=int,
         default=t.patience,
-        help=f"epochs without a better validation NDCG@10 before stopping ({t.patience})",
+        help="epochs without a better validation NDCG@10 before stopping, counted from two "
+        f"thirds of the schedule on ({t.patience})",
     )
     p.add_argument(
         "--negatives",
