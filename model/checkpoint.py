@@ -21,7 +21,11 @@ from model.config import ModelConfig
 from model.interest import InterestModel
 from model.state import UserState, decode_states, encode_states
 
-__all__ = ["Checkpoint", "load_checkpoint", "model_version", "save_checkpoint"]
+__all__ = ["Checkpoint", "CheckpointError", "load_checkpoint", "model_version", "save_checkpoint"]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint this build of the model cannot load."""
 
 
 def model_version(model: InterestModel) -> str:
@@ -97,7 +101,13 @@ def load_checkpoint(path: str | os.PathLike, device: str = "cpu") -> Checkpoint:
     raw = torch.load(path, map_location=device, weights_only=True)
     cfg = ModelConfig(**raw["config"])
     model = InterestModel(cfg)
-    model.load_state_dict(raw["model"])
+    try:
+        model.load_state_dict(raw["model"])
+    except RuntimeError as exc:  # weights of another architecture: say so in one line
+        raise CheckpointError(
+            f"{path} was written by another version of the interest model; train it again "
+            f"with `currents train` ({str(exc).splitlines()[0]})"
+        ) from None
     model.to(device).eval()
     return Checkpoint(
         model,

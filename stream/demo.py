@@ -91,11 +91,18 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def train_demo_model(users: int, events_per_user: int, epochs: int) -> Path:
-    """Train once on a sample of the demo world the stream will not show; reuse it after."""
+    """Train once on a sample of the demo world the stream will not show; reuse it after,
+    unless an earlier version of the model wrote it."""
+    from model.checkpoint import CheckpointError, load_checkpoint
+    from model.train import DataSpec, TrainConfig, train
+
     checkpoint = DEMO_DIR / f"model-{users}x{events_per_user}.pt"
     if checkpoint.exists():
-        return checkpoint
-    from model.train import DataSpec, TrainConfig, train
+        try:
+            load_checkpoint(checkpoint)
+            return checkpoint
+        except CheckpointError as error:
+            print(f"{error}: training the demo model again.")
 
     print(f"Training the demo model on {users} users x {events_per_user} events (once) ...")
     events, catalog = write_demo_dataset(DEMO_DIR / "train", users, events_per_user, TRAIN_SEED)

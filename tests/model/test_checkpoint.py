@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from model.checkpoint import load_checkpoint, model_version, save_checkpoint
+from model.checkpoint import CheckpointError, load_checkpoint, model_version, save_checkpoint
 from model.config import ModelConfig
 from model.interest import InterestModel, category_shift, top_n
 from model.state import StateVersionError
@@ -83,3 +83,12 @@ def test_unknown_item_vector_is_the_textless_cold_representation(tmp_path):
     reps = ckpt.model.item_representations(torch.zeros(1, 12), torch.zeros(1, dtype=torch.long))
     torch.testing.assert_close(v, reps[0])
     assert not v.any()  # neither text nor id: nothing to score or to feed the recurrence
+
+
+def test_weights_of_another_architecture_are_refused_in_one_line(tmp_path):
+    _, path, _ = make(tmp_path)
+    raw = torch.load(path, weights_only=True)
+    raw["model"] = {k: v for k, v in raw["model"].items() if not k.startswith("attn.")}
+    torch.save(raw, path)
+    with pytest.raises(CheckpointError, match="another version of the interest model"):
+        load_checkpoint(path)
