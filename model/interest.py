@@ -1,4 +1,4 @@
-"""User interest model: item representations, an LSTM over events, attention over recent states.
+"""User interest model: item representations, an LSTM over events, attention over its memory.
 
 Two entry points share every layer: `forward_sequence` (training, padded batches, teacher
 forcing) and `step` (streaming, one event per user row). `step` calls the same `nn.LSTM` with a

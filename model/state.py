@@ -51,7 +51,7 @@ class UserState:
 
     h: torch.Tensor  # (B, d) LSTM hidden state
     c: torch.Tensor  # (B, d) LSTM cell state
-    ring: torch.Tensor  # (B, K, d) last K hidden states, oldest first; unfilled slots are zero
+    ring: torch.Tensor  # (B, K, d) last K memory slots (hidden state + input), oldest first
     last_ts: torch.Tensor  # (B,) float64 seconds of the last event
     count: torch.Tensor  # (B,) int64 events applied so far
     interest: torch.Tensor  # (B, d) interest vector after the last event (zeros before any)
