@@ -29,6 +29,12 @@ __all__ = [
 ]
 
 
+def tensors_to(obj, device: torch.device | str):
+    """A copy of a dataclass with every tensor field on `device` (other fields shared)."""
+    tensors = {f.name: getattr(obj, f.name) for f in fields(obj)}
+    return replace(obj, **{k: v.to(device) for k, v in tensors.items() if torch.is_tensor(v)})
+
+
 @dataclass
 class Catalog:
     item_ids: list[str]  # (N+1,) catalog index -> item id; index 0 is padding ""
@@ -42,10 +48,7 @@ class Catalog:
         return len(self.item_ids)
 
     def to(self, device: torch.device | str) -> Catalog:
-        """The same catalog with its tensors on `device`."""
-        move = {f: getattr(self, f) for f in ("text", "has_text", "membership", "warm")}
-        moved = {f: t.to(device) if t is not None else None for f, t in move.items()}
-        return replace(self, **moved)
+        return tensors_to(self, device)
 
     @classmethod
     def build(
@@ -198,10 +201,7 @@ class SeqBatch:
     targets: torch.Tensor | None = None  # (B,) long catalog index (evaluation batches)
 
     def to(self, device: torch.device | str) -> SeqBatch:
-        if self.items.device == torch.device(device):
-            return self
-        moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        return SeqBatch(**{k: v.to(device) if v is not None else None for k, v in moved.items()})
+        return tensors_to(self, device)
 
 
 def _pad(seqs: Sequence[UserSeq], max_len: int | None) -> SeqBatch:
