@@ -238,15 +238,16 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     for name, (text, add, run) in COMMANDS.items():
         command = commands.add_parser(
-            name, help=text.splitlines()[0], description=text, formatter_class=RAW
+            name,
+            help=text.splitlines()[0],
+            description=text,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         add(command)
         command.set_defaults(run=run)
     args = parser.parse_args(argv)
     return args.run(args)
 
-
-RAW = argparse.RawDescriptionHelpFormatter
 
 if __name__ == "__main__":
     sys.exit(main())
