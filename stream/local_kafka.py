@@ -8,6 +8,7 @@ formats storage, and supervises the JVMs. One class serves `currents kafka start
 
 import base64
 import os
+import random
 import shutil
 import signal
 import socket
@@ -78,10 +79,35 @@ def ensure_jars(jar_home: Path | None = None) -> Path:
     return lib
 
 
-def free_port() -> int:
+def free_port(consecutive: int = 1) -> int:
+    """A port on 127.0.0.1 that is free now, with the `consecutive - 1` ports after it.
+
+    Drawn below the kernel's ephemeral range: a port the kernel hands out can be taken by any
+    outgoing connection between this check and the broker's bind (which failed CI once when a
+    controller took port + 1).
+    """
+    low = _ephemeral_low() - consecutive
+    for _ in range(200):
+        first = random.randrange(10_000, low)
+        if all(_bindable(port) for port in range(first, first + consecutive)):
+            return first
+    raise KafkaError(f"no {consecutive} free consecutive ports below {low} on 127.0.0.1")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def _port_open(port: int) -> bool:

@@ -60,7 +60,7 @@ def currents(*args: str, **kwargs) -> subprocess.CompletedProcess:
 
 
 def test_kafka_start_status_stop_keeps_data_across_restarts(tmp_path):
-    port, data = free_port(), tmp_path / "kafka"
+    port, data = free_port(consecutive=2), tmp_path / "kafka"
     where = ["--kafka-dir", str(data), "--port", str(port)]
     assert currents("kafka", "start", *where).returncode == 0
     try:
@@ -95,7 +95,7 @@ def test_run_command_streams_the_demo_and_stops_everything_on_ctrl_c(tmp_path):
     }
     command = [
         sys.executable, "-m", "stream", "demo", "--kafka-dir", str(tmp_path / "kafka"),
-        "--port", str(free_port()), "--users", "12", "--events-per-user", "10",
+        "--port", str(free_port(consecutive=2)), "--users", "12", "--events-per-user", "10",
         "--rate", "50", "--epochs", "1",
     ]  # fmt: skip
     demo = subprocess.Popen(
