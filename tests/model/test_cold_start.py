@@ -48,7 +48,7 @@ def test_a_cold_item_whose_text_fits_best_is_ranked_first():
     assert all(int(cat.warm[r]) == 0 for r in cold_rows)  # never seen in training
     torch.manual_seed(0)
     model = Ours(new_model(cat, d_model=16, window=4))
-    fit(model, split, cat, TrainConfig(epochs=30, batch_size=32, lr=5e-3, progress=False))
+    fit(model, split, cat, TrainConfig(epochs=60, batch_size=32, lr=5e-3, progress=False))
 
     # after the user's whole history (every warm item of the topic, so each warm candidate
     # left is of another topic), the cold item of the user's topic is the best fit
