@@ -31,6 +31,8 @@ __all__ = [
 class StepOutput:
     interest: torch.Tensor  # (B, d) interest vector after this event
     prev_interest: torch.Tensor  # (B, d) interest vector before it (zeros for a first event)
+    # (B, K) attention of the event over its window's memory slots, oldest first, mean over heads
+    attention: torch.Tensor | None = None
 
 
 def gap_features(gap: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
@@ -63,9 +65,13 @@ class WindowAttention(nn.Module):
         computed once for every window it falls in."""
         return self.kv_proj(self.ln_kv(memory))
 
-    def forward(self, h: torch.Tensor, kv: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        # h (..., d) query; kv (..., K, 2d) = self.kv(last K memory slots, oldest first);
-        # valid (..., K) bool
+    def forward(
+        self, h: torch.Tensor, kv: torch.Tensor, valid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """h (..., d) query; kv (..., K, 2d) = self.kv(last K memory slots, oldest first);
+        valid (..., K) bool. Returns the output (..., d) and the attention weights (..., K),
+        mean over heads: which of the user's recent events the interest drew on (explanations).
+        """
         *lead, K, _ = kv.shape
         H = self.n_head
         k, v = (kv + self.lag).chunk(2, dim=-1)  # (..., K, d) each
@@ -74,7 +80,7 @@ class WindowAttention(nn.Module):
         att = torch.einsum("...hs,...khs->...hk", q, k) / math.sqrt(q.shape[-1])  # (..., H, K)
         att = att.masked_fill(~valid.unsqueeze(-2), float("-inf")).softmax(dim=-1)
         y = torch.einsum("...hk,...khs->...hs", att, v)  # (..., H, hs)
-        return self.proj(y.flatten(-2))  # (..., d)
+        return self.proj(y.flatten(-2)), att.mean(dim=-2)  # (..., d), (..., K)
 
 
 class InterestModel(nn.Module):
@@ -133,12 +139,16 @@ class InterestModel(nn.Module):
         x = torch.cat([item_vecs, self.type_emb(event_type), gap_features(gap, first)], dim=-1)
         return self.drop(self.in_proj(x))
 
-    def _interest(self, m: torch.Tensor, kv: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def _interest(
+        self, m: torch.Tensor, kv: torch.Tensor, valid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The current event's memory slot (..., d) attends over its window (kv (..., K, 2d),
-        valid (..., K)); a residual MLP and a norm give the interest vector (..., d)."""
-        z = m + self.drop(self.attn(m, kv, valid))
+        valid (..., K)); a residual MLP and a norm give the interest vector (..., d). Also
+        returns the attention weights (..., K)."""
+        attended, weights = self.attn(m, kv, valid)
+        z = m + self.drop(attended)
         z = z + self.drop(self.mlp(self.ln_mlp(z)))
-        return self.ln_f(z)
+        return self.ln_f(z), weights
 
     def forward_sequence(
         self, item_vecs: torch.Tensor, event_type: torch.Tensor, timestamp: torch.Tensor
@@ -163,7 +173,7 @@ class InterestModel(nn.Module):
         kv = kv.unfold(1, K, 1).transpose(-1, -2)  # (B, T, K, 2d): slot K-1 is position t
         t = torch.arange(T, device=hs.device).unsqueeze(1)  # (T, 1)
         valid = torch.arange(K, device=hs.device) >= K - 1 - t  # (T, K): slot holds event >= 0
-        return memory, self._interest(memory, kv, valid.expand(B, T, K))
+        return memory, self._interest(memory, kv, valid.expand(B, T, K))[0]
 
     def step(
         self,
@@ -192,9 +202,19 @@ class InterestModel(nn.Module):
         ring = torch.cat([states.ring[:, 1:], m.unsqueeze(1)], dim=1)  # (B, K, d) oldest first
         count = states.count + 1
         valid = torch.arange(K, device=h.device) >= K - count.clamp(max=K).unsqueeze(1)  # (B, K)
-        interest = self._interest(m, self.attn.kv(ring), valid)  # (B, d)
+        interest, attention = self._interest(m, self.attn.kv(ring), valid)  # (B, d), (B, K)
         new = UserState(h, c, ring, timestamp.clone(), count, interest)
-        return new, StepOutput(interest=interest, prev_interest=states.interest)
+        return new, StepOutput(interest, states.interest, attention)
+
+    def window_attention(self, states: UserState) -> torch.Tensor:
+        """(B, K) the attention of each user's last event over its window, from the state
+        alone (the ring's newest slot is that event's query): the same weights `step` gave."""
+        K = self.cfg.window
+        valid = torch.arange(K, device=states.ring.device) >= K - states.count.clamp(
+            max=K
+        ).unsqueeze(1)
+        _, weights = self.attn(states.ring[:, -1], self.attn.kv(states.ring), valid)
+        return weights
 
     def fresh_state(self, batch: int) -> UserState:
         return UserState.fresh(batch, self.cfg.d_model, self.cfg.window)

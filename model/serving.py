@@ -34,7 +34,8 @@ def step_events(
     d, device = model.cfg.d_model, item_vecs.device
     if E == 0:
         empty = item_vecs.new_zeros(0, d)
-        return states.select(torch.arange(U, device=device)), StepOutput(empty, empty)
+        none = item_vecs.new_zeros(0, K)
+        return states.select(torch.arange(U, device=device)), StepOutput(empty, empty, none)
     if E > 1 and bool((user_row[1:] < user_row[:-1]).any()):
         raise ValueError("step_events needs the events grouped by user: user_row non-decreasing")
     lengths = torch.bincount(user_row, minlength=U)  # (U,)
@@ -70,7 +71,7 @@ def step_events(
     window = (a * (K + T) + pos + 1).unsqueeze(1) + slots  # (E, K) rows of kv
     seen = (old.count[a] + pos + 1).clamp(max=K)  # (E,) states that exist in each window
     valid = slots >= K - seen.unsqueeze(1)  # (E, K)
-    interest = model._interest(m_events, kv[window], valid)
+    interest, attention = model._interest(m_events, kv[window], valid)
 
     last = start + n - 1  # (A,) each user's last event
     ends = torch.arange(A, device=device) * (K + T) + n  # (A,) where each user's new ring starts
@@ -83,4 +84,4 @@ def step_events(
         new.assign(rows, stepped)
     # interest before each event: the user's previous event's, or the stored one for the first
     before = torch.where(head.unsqueeze(1), old.interest[a], interest.roll(1, 0))
-    return new, StepOutput(interest=interest, prev_interest=before)
+    return new, StepOutput(interest=interest, prev_interest=before, attention=attention)

@@ -3,7 +3,14 @@
 from schemas.common import MAX_MESSAGE_BYTES
 from schemas.decode import InvalidMessage, decode_catalog, decode_event
 from schemas.events import BehaviorEvent, CatalogMessage, EventType, ItemDeletion, ItemUpsert
-from schemas.outputs import DeadLetter, ErrorKind, EventRef, InterestUpdate, Recommendation
+from schemas.outputs import (
+    DeadLetter,
+    ErrorKind,
+    EventRef,
+    InterestUpdate,
+    Reason,
+    Recommendation,
+)
 
 __all__ = [
     "MAX_MESSAGE_BYTES",
@@ -17,6 +24,7 @@ __all__ = [
     "InvalidMessage",
     "ItemDeletion",
     "ItemUpsert",
+    "Reason",
     "Recommendation",
     "decode_catalog",
     "decode_event",

@@ -9,9 +9,11 @@ from pydantic import BaseModel, Field, NonNegativeInt, PositiveInt
 from schemas.common import MESSAGE_CONFIG, Identifier, UtcTimestamp
 from schemas.events import EventType
 
-__all__ = ["DeadLetter", "ErrorKind", "EventRef", "InterestUpdate", "Recommendation"]
+__all__ = ["DeadLetter", "ErrorKind", "EventRef", "InterestUpdate", "Reason", "Recommendation"]
 
-SCHEMA_VERSION = 1
+# 2: recommendations carry `because` (optional: version 1 messages still validate)
+SCHEMA_VERSION = 2
+MAX_REASONS = 3
 
 CategoryWeights = Annotated[dict[str, float], Field(max_length=256)]
 
@@ -33,6 +35,19 @@ class EventRef(BaseModel):
     )
 
 
+class Reason(BaseModel):
+    """One of the user's recent events that supports a recommendation."""
+
+    model_config = MESSAGE_CONFIG
+
+    event_id: Identifier = Field(description="The event's id: one the worker applied for the user.")
+    item_id: Identifier = Field(description="The item of that event.")
+    event_type: EventType | None = Field(
+        default=None,
+        description="The event's kind; absent for events applied before kinds were recorded.",
+    )
+
+
 class Recommendation(BaseModel):
     """One recommended item."""
 
@@ -40,6 +55,12 @@ class Recommendation(BaseModel):
 
     item_id: Identifier = Field(description="The recommended item.")
     score: float = Field(description="Model score; higher is better, comparable within an update.")
+    because: Annotated[list[Reason], Field(max_length=MAX_REASONS)] | None = Field(
+        default=None,
+        description=f"Up to {MAX_REASONS} of the user's recent events that most support this "
+        "item, strongest first: the model's attention over the user's last events, each "
+        "weighted by how its item scores against this one. Absent in schema version 1.",
+    )
 
 
 # Published by Currents workers to the interest-updates topic, keyed by user_id.

@@ -5,7 +5,8 @@ same `Engine`, and tests call it directly. A batch goes through four stages:
 
     admit       one record at a time: decode, check, find the item's row (or dead-letter it)
     step        one batched model step for every user in the batch (a user's events in order)
-    views       one ranking over the item matrix: each update's interests, shift, top-N
+    views       one ranking over the item matrix: each update's interests, shift, top-N, and
+                why each recommendation (`because`: the recent events that most support it)
     ranks       replay only (prequential): the rank each event's item had just before it
 
 and comes out as one record plus one `InterestUpdate` per user (per event with per_event).
@@ -26,7 +27,7 @@ from model.interest import StepOutput, category_mass
 from model.serving import step_events
 from model.state import StateError, UserState
 from schemas import BehaviorEvent, ErrorKind, InvalidMessage
-from schemas.outputs import SCHEMA_VERSION
+from schemas.outputs import MAX_REASONS, SCHEMA_VERSION
 from stream.items import ItemMatrix
 from stream.records import RECENT, UserRecord, decode_keyed_event
 
@@ -104,10 +105,12 @@ class Engine:
         top_categories: int = 5,
         per_event: bool = False,
         prequential: bool = False,
+        explain: bool = True,
     ):
         """per_event: one update per event instead of one per user and batch, so a replay's
         outputs do not depend on how its batches happened to form. prequential: each event
-        also gets the rank its item had in the user's recommendations just before it."""
+        also gets the rank its item had in the user's recommendations just before it.
+        explain: each recommendation cites the recent events that most support it."""
         self.checkpoint = checkpoint
         self.model = checkpoint.model
         self.items = items
@@ -116,6 +119,7 @@ class Engine:
         self.device = items.device
         self.per_event = per_event
         self.prequential = prequential
+        self.explain = explain
         self.duplicates = 0  # events dropped because their event_id was already applied
         self.state_resets = 0  # unreadable stored states replaced by a fresh one
 
@@ -150,10 +154,11 @@ class Engine:
         if not fresh and not republished:
             return []
         step = self._step(records, fresh, republished)
-        rows, baseline, rank_row = self._rows(step, records, fresh)
+        rows, baseline, rank_row, seen = self._rows(step, records, fresh)
         ranking = self._rank(rows, shown=baseline.start, baselines=len(baseline))
         ranks = self._ranks(step, ranking, rank_row)
-        views = self._views(ranking, self._shift_from(step, baseline))
+        because = self._shown_because(step, records, seen, ranking) if self.explain else None
+        views = self._views(ranking, self._shift_from(step, baseline), because)
         updates: dict[str, list[bytes]] = {}
         now, version = time.time(), self.checkpoint.version
         for view, covered in zip(views, self._covered(step, redelivered), strict=True):
@@ -234,7 +239,8 @@ class Engine:
                 ),
             )
         else:
-            out = StepOutput(interest=before, prev_interest=before)  # no rows
+            none = before.new_zeros(0, self.model.cfg.window)
+            out = StepOutput(interest=before, prev_interest=before, attention=none)  # no rows
         # An update follows each group of a user's consecutive events: every event (per_event)
         # or all of the user's events in the batch; then one per republished user.
         ends = np.append(head[1:], True)[: len(events)] | self.per_event
@@ -268,7 +274,7 @@ class Engine:
         republished = step.users[step.stepped :]
         seen = _Seen(
             self.items.rows,
-            [records[user].recent_items for user in step.users],
+            [records[user] for user in step.users],
             [fresh.get(user, ()) for user in step.users],
         )
         rows = _Rows()
@@ -295,7 +301,49 @@ class Engine:
             if prequential else None,
         )  # fmt: skip
         rank_row = self._prequential_rows(step, rows, baseline, seen) if prequential else None
-        return rows, baseline, rank_row
+        return rows, baseline, rank_row, seen
+
+    def _shown_because(
+        self, step: _Step, records: dict[str, UserRecord], seen: "_Seen", ranking: "_Ranking"
+    ) -> list[list[list[dict]]]:
+        """`because` of every shown row: a stepped group's from the attention its last event
+        gave, a republished user's recomputed from the stored state (the same weights)."""
+        last = step.last
+        attention = step.out.attention[torch.from_numpy(last)]
+        window = seen.window(step.user_of[last], step.position[last] + 1, self.model.cfg.window)
+        republished = step.users[step.stepped :]
+        if republished:
+            kept = self._states([records[user].state for user in republished])
+            attention = torch.cat([attention, self.model.window_attention(kept)])
+            everyone = np.arange(step.stepped, len(step.users))
+            window = np.concatenate([window, seen.window(everyone, 0, self.model.cfg.window)])
+        return self._because(attention, window, seen, ranking.top_items)
+
+    def _because(
+        self, attention: torch.Tensor, window: np.ndarray, seen: "_Seen", top: torch.Tensor
+    ) -> list[list[list[dict]]]:
+        """For each row and recommended item, up to MAX_REASONS events of the row's window,
+        strongest support first. An event's support for an item is the attention the interest
+        gave the event's memory slot times how the event's item scores against the
+        recommended one: what the model drew on, and how much of it points at that item.
+
+        attention (R, K) and window (R, K) (indices of `seen`'s events, -1: none) oldest
+        first; top (R, n) recommended item rows. Events whose item left the matrix, or whose
+        slot the state does not hold, are not cited."""
+        item_rows = seen.item_rows(window)  # (R, K), -1: none
+        usable = torch.from_numpy(item_rows >= 0).to(self.device) & (attention > 0)
+        reps = self.items.reps
+        similarity = torch.einsum(
+            "rnd,rkd->rnk", reps[top], reps[torch.from_numpy(np.maximum(item_rows, 0))]
+        )
+        support = (attention.unsqueeze(1) * similarity).masked_fill(~usable.unsqueeze(1), -math.inf)
+        strongest = support.topk(min(MAX_REASONS, support.shape[-1]), dim=-1)
+        cited = np.take_along_axis(
+            window[:, None, :], strongest.indices.numpy(force=True), axis=-1
+        )  # (R, n, MAX_REASONS)
+        cited[~np.isfinite(strongest.values.numpy(force=True))] = -1
+        refs = seen.refs
+        return [[[refs[e] for e in item if e >= 0] for item in row] for row in cited.tolist()]
 
     def _prequential_rows(self, step: _Step, rows: "_Rows", baseline: range, seen: "_Seen"):
         """(E,) the row each event's rank is read from: its user's baseline for a first event,
@@ -368,6 +416,9 @@ class Engine:
                 recent_items=(
                     *records[user].recent_items, *(i.event.item_id for i in applied)
                 )[-RECENT:],
+                recent_types=(
+                    *records[user].recent_types, *(i.event.event_type for i in applied)
+                )[-RECENT:],
             )
             for (user, applied), state, prev in zip(
                 fresh.items(), self.checkpoint.encode_states(states),
@@ -380,11 +431,18 @@ class Engine:
         """A user's current interests and recommendations, from the stored record alone."""
         record = self._record(stored)
         state = self._states([record.state])
-        window = _Seen(self.items.rows, [record.recent_items], [()]).before(np.zeros(1, int), 0)
+        window = _Seen(self.items.rows, [record], [()]).before(np.zeros(1, int), 0)
         rows = _Rows()
         rows.add(state.interest, window)
         rows.add(self._prev([record.prev_interest]), window)
-        view = next(self._views(self._rank(rows, shown=1, baselines=1), np.array([1])))
+        ranking = self._rank(rows, shown=1, baselines=1)
+        because = None
+        if self.explain and record.state:
+            seen = _Seen(self.items.rows, [record], [()])
+            events = seen.window(np.zeros(1, int), 0, self.model.cfg.window)
+            attention = self.model.window_attention(state)
+            because = self._because(attention, events, seen, ranking.top_items)
+        view = next(self._views(ranking, np.array([1]), because))
         return {"events_applied": int(state.count[0]), **view}
 
     def _rank(self, rows: "_Rows", shown: int, baselines: int) -> "_Ranking":
@@ -420,8 +478,14 @@ class Engine:
             ranks = ((scores > target_scores).sum(1) + 1).cpu().numpy()
         return _Ranking(top.values, top.indices, distribution, ranks)
 
-    def _views(self, ranking: "_Ranking", shift_from: np.ndarray) -> Iterator[dict]:
-        """Each shown row's update body: top interests, their shift, recommendations.
+    def _views(
+        self,
+        ranking: "_Ranking",
+        shift_from: np.ndarray,
+        because: list[list[list[dict]]] | None = None,
+    ) -> Iterator[dict]:
+        """Each shown row's update body: top interests, their shift, recommendations (with
+        `because`, each item's reasons, where given).
 
         shift_from: for each shown row, the row whose category distribution its shift is
         measured from (a baseline, or the row before for a user's consecutive updates). Rows
@@ -442,13 +506,17 @@ class Engine:
             row_scores, row_items = scores[row].tolist(), items[row].tolist()
             if row_scores and not math.isfinite(row_scores[-1]):  # fewer items than top_n
                 row_items = row_items[: sum(map(math.isfinite, row_scores))]
+            recommendations = [
+                {"item_id": item_id(i), "score": s}
+                for s, i in zip(row_scores, row_items, strict=False)
+            ]
+            if because is not None:
+                for recommendation, reasons in zip(recommendations, because[row], strict=False):
+                    recommendation["because"] = reasons
             yield {
                 "interests": _by_name(names, top[row], shares[row]),
                 "interest_shift": _by_name(names, moved[row], shifts[row]),
-                "recommendations": [
-                    {"item_id": item_id(i), "score": s}
-                    for s, i in zip(row_scores, row_items, strict=False)
-                ],
+                "recommendations": recommendations,
             }
 
     def _record(self, stored: bytes | None) -> UserRecord:
@@ -488,24 +556,52 @@ _SLOTS = np.arange(RECENT)
 
 
 class _Seen:
-    """The users' recent items as rows of the item matrix (-1: no longer in it), each user's
-    stored ones then the batch's: what a ranking made at any point keeps out of the
-    recommendations (the last RECENT items the user had seen then)."""
+    """The users' recent events, each user's stored ones then the batch's: their items as rows
+    of the item matrix (-1: no longer in it), what a ranking made at any point keeps out of
+    the recommendations (the last RECENT items the user had seen then), and the events
+    themselves as `because` cites them."""
 
     def __init__(
         self,
         matrix_rows: Mapping[str, int],
-        recent: Sequence[tuple[str, ...]],
+        records: Sequence[UserRecord],
         applied: Sequence[Sequence[Incoming]],
     ):
         flat: list[int] = []  # each user's items, after RECENT -1s: a window never underflows
+        self.refs: list[dict | None] = []  # the event at each position of `flat`
         starts = []  # where each user's batch events start in `flat`
-        for stored, events in zip(recent, applied, strict=True):
+        for record, events in zip(records, applied, strict=True):
+            stored = record.recent_items
             flat += [-1] * RECENT + [matrix_rows.get(item_id, -1) for item_id in stored]
+            ids, types = (
+                _newest(v, len(stored)) for v in (record.recent_events, record.recent_types)
+            )
+            self.refs += [None] * RECENT + [
+                None if event_id is None else _reason(event_id, item_id, kind)
+                for event_id, item_id, kind in zip(ids, stored, types, strict=True)
+            ]
             starts.append(len(flat))
             flat += [incoming.item_row for incoming in events]
+            self.refs += [
+                _reason(i.event.event_id, i.event.item_id, i.event.event_type) for i in events
+            ]
         self._flat = np.array(flat, dtype=np.int64)
+        self._known = np.array([ref is not None for ref in self.refs], dtype=bool)
         self._starts = np.array(starts, dtype=np.int64)
+
+    def window(self, user: np.ndarray, position: np.ndarray | int, size: int) -> np.ndarray:
+        """(len(user), size) positions of each user's last `size` events just before its batch
+        event at `position`, oldest first (-1: no known event there)."""
+        end = self._starts[user] + position
+        at = (end - min(size, RECENT))[:, None] + np.arange(min(size, RECENT))
+        at = np.where(self._known[at], at, -1)
+        if size > RECENT:  # older slots than the record keeps events of
+            at = np.pad(at, ((0, 0), (size - RECENT, 0)), constant_values=-1)
+        return at
+
+    def item_rows(self, at: np.ndarray) -> np.ndarray:
+        """The item-matrix rows of the events at positions `at` (-1 stays -1)."""
+        return np.where(at >= 0, self._flat[np.maximum(at, 0)], -1)
 
     def before(self, user: np.ndarray, position: np.ndarray | int) -> np.ndarray:
         """(len(user), RECENT): each user's window just before its batch event at `position`
@@ -550,6 +646,19 @@ class _Ranking:
     top_items: torch.Tensor  # (shown, n) their item-matrix rows
     distribution: torch.Tensor  # (shown + baselines, C) category distribution of each row
     ranks: np.ndarray | None  # (rows,) each row's target's rank; None: no row has a target
+
+
+def _newest(values: tuple, n: int) -> tuple:
+    """The last n of `values`, padded with None at the old end: fields a record kept for fewer
+    of its recent events align with them at the newest end."""
+    return (None,) * (n - len(values)) + tuple(values[max(0, len(values) - n) :] if n else ())
+
+
+def _reason(event_id: str, item_id: str, kind: str | None) -> dict:
+    reason = {"event_id": event_id, "item_id": item_id}
+    if kind is not None:
+        reason["event_type"] = kind
+    return reason
 
 
 def _offset(incoming: Incoming) -> int:

@@ -7,7 +7,7 @@ import struct
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from schemas import BehaviorEvent, DeadLetter, ErrorKind, InvalidMessage, decode_event
+from schemas import BehaviorEvent, DeadLetter, ErrorKind, EventType, InvalidMessage, decode_event
 
 __all__ = ["UserRecord", "dead_letter", "decode_keyed_event"]
 
@@ -52,10 +52,13 @@ def dead_letter(
 
 
 _RECORD_MAGIC = b"CUUR"
+# 3: also the recent events' types, one byte each (explanations cite them);
 # 2: ids joined by NUL, which no id contains (schemas.common.Identifier: no control characters);
-# 1: ids each prefixed with its length, ten times slower to read and write. Both are read.
-_RECORD_FORMAT = 2
+# 1: ids each prefixed with its length, ten times slower to read and write. All are read.
+_RECORD_FORMAT = 3
 _RECORD_HEAD = struct.Struct("<4sHiqHHII")  # magic, format, partition, offset, byte lengths
+_TYPES_HEAD = struct.Struct("<H")  # format 3: byte length of the types, after the head
+_TYPES = tuple(EventType)  # a type's byte is its position here
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,9 @@ class UserRecord:
     `partition`/`offset` is the last events-topic record applied and `recent_events` the ids of
     the last events, so a record redelivered after a crash, or a producer's retried duplicate,
     is recognised and never applied twice. `prev_interest` is the interest vector before the
-    last update, so that update can be re-published identically after a crash.
+    last update, so that update can be re-published identically after a crash. `recent_items`
+    and `recent_types` belong to the last of `recent_events` (a record written before types
+    were kept has fewer types than events: they align at the newest end).
     """
 
     state: bytes  # model.state wire format (carries the model version)
@@ -74,6 +79,7 @@ class UserRecord:
     offset: int = -1
     recent_events: tuple[str, ...] = field(default=())
     recent_items: tuple[str, ...] = field(default=())
+    recent_types: tuple[EventType, ...] = field(default=())
 
     def covers(self, partition: int, offset: int) -> bool:
         """Whether the record at `partition`/`offset` was already applied (a redelivery)."""
@@ -82,21 +88,29 @@ class UserRecord:
     def to_bytes(self) -> bytes:
         events, items = "\0".join(self.recent_events), "\0".join(self.recent_items)
         events, items = events.encode(), items.encode()
+        types = bytes(_TYPES.index(kind) for kind in self.recent_types)
         head = _RECORD_HEAD.pack(
             _RECORD_MAGIC, _RECORD_FORMAT, self.partition, self.offset,
             len(events), len(items), len(self.prev_interest), len(self.state),
         )  # fmt: skip
-        return head + events + items + self.prev_interest + self.state
+        tail = events + items + self.prev_interest + self.state
+        return head + _TYPES_HEAD.pack(len(types)) + types + tail
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "UserRecord":
         magic, fmt, partition, offset, n_events, n_items, n_prev, n_state = (
             _RECORD_HEAD.unpack_from(raw)
         )
-        if magic != _RECORD_MAGIC or fmt not in (1, _RECORD_FORMAT):
-            raise ValueError(f"not a user record of format 1 or {_RECORD_FORMAT}")
-        ids = _split if fmt == _RECORD_FORMAT else _unpack_v1
+        if magic != _RECORD_MAGIC or fmt not in (1, 2, _RECORD_FORMAT):
+            raise ValueError(f"not a user record of format 1 to {_RECORD_FORMAT}")
+        ids = _unpack_v1 if fmt == 1 else _split
         at = _RECORD_HEAD.size
+        types: tuple[EventType, ...] = ()
+        if fmt >= 3:
+            (n_types,) = _TYPES_HEAD.unpack_from(raw, at)
+            at += _TYPES_HEAD.size
+            types = tuple(_TYPES[code] for code in raw[at : at + n_types])
+            at += n_types
         events = ids(raw[at : at + n_events])
         at += n_events
         items = ids(raw[at : at + n_items])
@@ -105,7 +119,7 @@ class UserRecord:
         state = raw[at + n_prev : at + n_prev + n_state]
         if len(state) != n_state:
             raise ValueError("user record is truncated")
-        return cls(state, prev, partition, offset, events, items)
+        return cls(state, prev, partition, offset, events, items, types)
 
 
 def _split(raw: bytes) -> tuple[str, ...]:

@@ -1,5 +1,6 @@
 """The engine against the offline model: same states, same scores, whatever the batching."""
 
+import dataclasses
 import json
 import random
 from datetime import UTC, datetime, timedelta
@@ -11,7 +12,7 @@ import torch
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import ModelConfig, event_type_index
 from model.interest import InterestModel, top_n
-from schemas import BehaviorEvent, ErrorKind, EventType, InterestUpdate, InvalidMessage
+from schemas import BehaviorEvent, ErrorKind, EventType, InterestUpdate, InvalidMessage, Reason
 from stream.engine import Engine, Incoming
 from stream.items import ItemMatrix, ItemVector
 from stream.records import UserRecord
@@ -225,6 +226,7 @@ def test_redelivered_events_are_not_applied_twice_but_republished_identically(
         assert [r.item_id for r in again_recs] == [r.item_id for r in first_recs]
         pairs = zip(again_recs, first_recs, strict=True)
         assert all(abs(a.score - b.score) <= 2e-6 for a, b in pairs)
+        assert [r.because for r in again_recs] == [r.because for r in first_recs]
 
     # After a crash, events applied before it come back in batches with new ones, a user's too.
     crashed, _ = run(engine, stream[:15], 5)
@@ -312,3 +314,76 @@ def test_corrupt_stored_state_restarts_only_that_user(engine):
 
 def checkpoint_count(engine, record: bytes) -> int:
     return int(engine.checkpoint.decode_states([UserRecord.from_bytes(record).state]).count[0])
+
+
+def expected_because(checkpoint, engine, events: list[BehaviorEvent], item_id: str) -> list[str]:
+    """The reasons `because` should give, from the model's own step: the attention the last
+    event gave each event of its window, times how that event's item scores against item_id."""
+    model, state, K = checkpoint.model, checkpoint.model.fresh_state(1), checkpoint.config.window
+    reps = engine.items.reps
+    with torch.inference_mode():
+        for event in events:
+            state, out = model.step(
+                state,
+                reps[[engine.items.rows[event.item_id]]],
+                torch.tensor([event_type_index(event.event_type.value)]),
+                torch.tensor([event.timestamp.timestamp()], dtype=torch.float64),
+            )
+        window = events[-K:]
+        attention = out.attention[0, K - len(window) :]
+        target = reps[engine.items.rows[item_id]]
+        support = [
+            float(a * (reps[engine.items.rows[e.item_id]] @ target))
+            for a, e in zip(attention, window, strict=True)
+        ]
+    order = sorted(range(len(window)), key=lambda k: -support[k])
+    return [window[k].event_id for k in order[:3]]
+
+
+@pytest.mark.parametrize("batch_size", [1, 7])
+def test_because_cites_the_users_recent_events_in_order_of_support(checkpoint, engine, batch_size):
+    stream = stream_of(users=4, events=40)
+    _, updates = run(engine, stream, batch_size)
+    K = checkpoint.config.window
+    for update in updates:
+        history = [e for e, _, _ in stream if e.user_id == update.user_id]
+        history = history[: [e.event_id for e in history].index(update.events[-1].event_id) + 1]
+        recent = {e.event_id: e for e in history[-K:]}
+        for recommendation in update.recommendations:
+            cited = [reason.event_id for reason in recommendation.because]
+            assert 1 <= len(cited) <= 3 and set(cited) <= set(recent)
+            assert cited == expected_because(checkpoint, engine, history, recommendation.item_id)
+            for reason in recommendation.because:
+                event = recent[reason.event_id]
+                assert (reason.item_id, reason.event_type) == (event.item_id, event.event_type)
+
+
+def test_a_user_with_one_event_is_recommended_because_of_it(engine):
+    event, partition, offset = stream_of(users=1, events=1)[0]
+    stored, [update] = run(engine, [(event, partition, offset)], 1)
+    reason = {"event_id": event.event_id, "item_id": event.item_id, "event_type": event.event_type}
+    assert update.recommendations
+    assert all(r.because == [Reason(**reason)] for r in update.recommendations)
+    described = engine.describe(stored[event.user_id])["recommendations"]
+    assert all(r["because"] == [reason] for r in described)
+
+
+def test_records_without_event_types_still_explain_their_events(engine):
+    stream = stream_of(users=1, events=3)
+    stored, _ = run(engine, stream[:2], 2)
+    user = stream[0][0].user_id
+    old = UserRecord.from_bytes(stored[user])
+    stored[user] = UserRecord(*dataclasses.astuple(old)[:6]).to_bytes()  # as format 2 read it
+    _, [update] = run(engine, stream[2:], 1, stored=stored)
+    kinds = {e.event_id: e.event_type for e, _, _ in stream}
+    reasons = [reason for r in update.recommendations for reason in r.because]
+    assert {reason.event_id for reason in reasons} <= set(kinds)
+    for reason in reasons:
+        known = reason.event_id == stream[2][0].event_id
+        assert reason.event_type == (kinds[reason.event_id] if known else None)
+
+
+def test_an_engine_without_explanations_leaves_because_out(engine):
+    quiet = Engine(engine.checkpoint, engine.items, top_n=5, explain=False)
+    _, updates = run(quiet, stream_of(users=2, events=6), 3)
+    assert all(r.because is None for u in updates for r in u.recommendations)

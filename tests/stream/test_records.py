@@ -2,7 +2,7 @@ import struct
 
 import pytest
 
-from schemas import DeadLetter, ErrorKind, InvalidMessage
+from schemas import DeadLetter, ErrorKind, EventType, InvalidMessage
 from stream.demo_data import demo_catalog, demo_events
 from stream.records import UserRecord, dead_letter, decode_keyed_event
 
@@ -43,6 +43,7 @@ def test_user_record_round_trips_and_recognises_redeliveries():
         offset=41,
         recent_events=("e-1", "é-2"),
         recent_items=("i-9",),
+        recent_types=(EventType.VIEW, EventType.CLICK),
     )
     assert UserRecord.from_bytes(record.to_bytes()) == record
     assert record.covers(3, 41) and record.covers(3, 0)
@@ -60,6 +61,16 @@ def test_user_records_of_format_1_are_still_read():
     )
     record = UserRecord.from_bytes(head + events + items + prev + state)
     assert record == UserRecord(state, prev, 3, 41, ("e-1", "é-2"), ("i-9",))
+
+
+def test_user_records_of_format_2_are_still_read_without_types():
+    # format 2 (before explanations): ids joined by NUL, no event types
+    events, items, prev, state = "e-1\0e-2".encode(), b"i-9\0i-8", bytes(range(16)), b"CUST.."
+    head = struct.pack(
+        "<4sHiqHHII", b"CUUR", 2, 3, 41, len(events), len(items), len(prev), len(state)
+    )
+    record = UserRecord.from_bytes(head + events + items + prev + state)
+    assert record == UserRecord(state, prev, 3, 41, ("e-1", "e-2"), ("i-9", "i-8"), ())
 
 
 def test_truncated_or_foreign_user_records_are_refused():
