@@ -165,9 +165,13 @@ What you are watching
   (the bars), how each moved since the user's previous update (+/-), and the recommended items.
   Below: every update of {user}. In this stream, {drift}.
   Watch the first category fade and the next one take over; the recommendations follow.
+  Under each recommendation, "because you viewed/clicked ...": the user's recent events the
+  model drew on most for that item (the `because` field of the update).
+  Open {web}/users/{user} in a browser: a live page of {user}'s interests, their
+  evolution as a chart, and the recommendations with their reasons.
   In another terminal:
     currents tail --user user-3                 another user's updates
-    curl {web}/users/{user}/interests     the current view, from the worker's table
+    curl {web}/users/{user}/interests     the current view with reasons, from the worker's table
     curl {web}/metrics                    events/s, batch sizes, latency, lag
   Press Ctrl-C to stop everything.
 """.rstrip()

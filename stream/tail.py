@@ -8,22 +8,24 @@ records one would want to debug.
 
 import argparse
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
 from pathlib import Path
 
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 from pydantic import ValidationError
 
 from model.data import load_jsonl_items
-from schemas import InterestUpdate
+from schemas import EventType, InterestUpdate, Reason
+from stream.items import ItemVector
 from stream.produce import non_negative, quiet_kafka_logs
 from stream.settings import Settings
 
-__all__ = ["add_arguments", "format_update", "run"]
+__all__ = ["add_arguments", "because_text", "format_update", "item_titles", "run"]
 
 BAR_WIDTH = 10
 MAX_NAME_WIDTH = 24  # longer category names are cut so the bars stay aligned
@@ -34,12 +36,15 @@ def format_update(
     update: InterestUpdate, titles: Mapping[str, str] | None = None, top: int = 5
 ) -> str:
     """A header line, the `top` interests as bars with their shift since the user's previous
-    update, and the top recommendations, with titles where `titles` has them:
+    update, and the top recommendations, with titles where `titles` has them, each with the
+    events it is recommended because of:
 
     user-7  2024-05-07 14:03:11Z  model v3  2 events (1 click, 1 view), last user-7:0041  …
       Space  ████████░░ 0.81 (+0.35)
       Jazz   ██░░░░░░░░ 0.15 (-0.31)
-      recommended: space-04 (Deep Nebula), space-11 (Lunar Orbit)
+      recommended:
+        space-04 (Deep Nebula)
+          because you viewed Lunar Orbit, clicked Star Map
     """
     titles = titles or {}
     last = update.events[-1]
@@ -56,14 +61,32 @@ def format_update(
         lines.append(f"  {label}  {_bar(weight)} {weight:.2f} ({shift:+.2f})")
     if not interests:
         lines.append("  interests: none yet")
-    items = [
-        f"{r.item_id} ({_cut(titles[r.item_id], MAX_TITLE_WIDTH)})"
-        if r.item_id in titles
-        else r.item_id
-        for r in update.recommendations[:top]
-    ]
-    lines.append(f"  recommended: {', '.join(items) or 'nothing'}")
+    if not update.recommendations[:top]:
+        lines.append("  recommended: nothing")
+        return "\n".join(lines)
+    lines.append("  recommended:")
+    for recommendation in update.recommendations[:top]:
+        lines.append(f"    {_named(recommendation.item_id, titles)}")
+        if recommendation.because:
+            lines.append(f"      {because_text(recommendation.because, titles)}")
     return "\n".join(lines)
+
+
+def because_text(reasons: Iterable[Reason], titles: Mapping[str, str]) -> str:
+    """'because you viewed A, clicked B': the events a recommendation cites, by item title."""
+    said = [
+        f"{_PAST.get(reason.event_type, 'saw')} "
+        + _cut(titles.get(reason.item_id, reason.item_id), MAX_TITLE_WIDTH)
+        for reason in reasons
+    ]
+    return "because you " + ", ".join(said)
+
+
+_PAST = {EventType.CLICK: "clicked", EventType.VIEW: "viewed"}
+
+
+def _named(item_id: str, titles: Mapping[str, str]) -> str:
+    return f"{item_id} ({_cut(titles[item_id], MAX_TITLE_WIDTH)})" if item_id in titles else item_id
 
 
 def _kinds(update: InterestUpdate) -> str:
@@ -108,7 +131,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="interests and recommended items shown per update (default 5)",
     )
     parser.add_argument(
-        "--catalog", type=Path, metavar="PATH", help="ItemUpsert JSONL, to show item titles"
+        "--catalog",
+        type=Path,
+        metavar="PATH",
+        help="ItemUpsert JSONL, to show item titles (default: those on the item-vectors topic)",
     )
     parser.add_argument(
         "--json", action="store_true", help="print each update as one JSON object per line"
@@ -128,6 +154,8 @@ def run(args: argparse.Namespace) -> int:
             return 2
     quiet_kafka_logs()
     settings = Settings.from_env()
+    if not args.catalog and not args.json:
+        titles = item_titles(settings)
     try:
         consumer = KafkaConsumer(
             settings.updates_topic,
@@ -169,3 +197,35 @@ def _decoded(records: Iterable[ConsumerRecord]) -> Iterator[InterestUpdate]:
                 file=sys.stderr,
                 flush=True,
             )
+
+
+def item_titles(settings: Settings, timeout: float = 10.0) -> dict[str, str]:
+    """Every item's title as the item-vectors topic has it now (the workers' own catalog); an
+    empty map when the topic cannot be read in `timeout` seconds: titles are a nicety."""
+    try:
+        consumer = KafkaConsumer(
+            bootstrap_servers=settings.bootstrap, group_id=None, enable_auto_commit=False
+        )
+    except KafkaError:
+        return {}
+    titles: dict[str, str] = {}
+    try:
+        partitions = consumer.partitions_for_topic(settings.item_vectors_topic) or set()
+        assigned = [TopicPartition(settings.item_vectors_topic, p) for p in partitions]
+        consumer.assign(assigned)
+        consumer.seek_to_beginning()
+        end = consumer.end_offsets(assigned)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(consumer.position(p) < end[p] for p in end):
+            for records in consumer.poll(timeout_ms=200).values():
+                for record in records:
+                    item_id = record.key.decode()
+                    if record.value is None:
+                        titles.pop(item_id, None)
+                    else:
+                        titles[item_id] = ItemVector.from_bytes(item_id, record.value).title
+    except (KafkaError, ValueError):
+        pass
+    finally:
+        consumer.close()
+    return titles

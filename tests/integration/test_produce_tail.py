@@ -14,6 +14,7 @@ from schemas import (
     EventType,
     InterestUpdate,
     ItemUpsert,
+    Reason,
     Recommendation,
     decode_catalog,
 )
@@ -189,7 +190,25 @@ def test_update_shows_bars_shift_and_titles_best_first():
     assert lines[1:] == [
         "  Space  ██████░░░░ 0.58 (+0.00)",
         "  Jazz   ████░░░░░░ 0.42 (-0.20)",
-        "  recommended: space-01 (Deep Nebula), jazz-02",
+        "  recommended:",
+        "    space-01 (Deep Nebula)",
+        "    jazz-02",
+    ]
+
+
+def test_each_recommendation_says_which_events_it_is_because_of():
+    update = interest_update("user-7", {"Space": 1.0}, [])
+    reasons = [
+        Reason(event_id="e1", item_id="space-02", event_type=EventType.VIEW),
+        Reason(event_id="e2", item_id="space-03", event_type=EventType.CLICK),
+        Reason(event_id="e0", item_id="space-04"),  # applied before event types were kept
+    ]
+    recommendation = Recommendation(item_id="space-01", score=1.0, because=reasons)
+    update = update.model_copy(update={"recommendations": [recommendation]})
+    titles = {"space-01": "Deep Nebula", "space-02": "Lunar Orbit", "space-03": "Star Map"}
+    assert tail.format_update(update, titles).splitlines()[-2:] == [
+        "    space-01 (Deep Nebula)",
+        "      because you viewed Lunar Orbit, clicked Star Map, saw space-04",
     ]
 
 
@@ -212,7 +231,9 @@ def test_update_keeps_only_the_top_entries_and_clamps_bars():
     assert lines[1:] == [
         "  c11  ██████████ 1.10 (+0.10)",
         "  c10  ██████████ 1.00 (+0.10)",
-        "  recommended: i0, i1",
+        "  recommended:",
+        "    i0",
+        "    i1",
     ]
     empty = update.model_copy(update={"interests": {}, "recommendations": []})
     assert tail.format_update(empty).splitlines()[1:] == [
