@@ -3,6 +3,7 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: run test lint clean
 
@@ -23,6 +24,10 @@ $(VENV)/.ready: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/currents kafka fetch
+	@# the browser test of the user page uses Debian's headless Chromium (skipped without it)
+	command -v chromium >/dev/null || ! command -v apt-get >/dev/null \
+		|| $(SUDO) apt-get install -y --no-install-recommends chromium \
+		|| echo "chromium not installed: the browser test will be skipped"
 	touch $@
 
 clean:  ## remove local broker data and worker state (keeps the venv and jar cache)

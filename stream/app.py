@@ -7,6 +7,8 @@ events ──update_interests──▶ user-states table (RocksDB + changelog) �
 Each handler is a few lines calling into the worker (stream/worker.py).
 """
 
+import html
+
 import faust
 
 from stream.batching import ready_batches
@@ -124,6 +126,18 @@ def _pages(app: faust.App, worker: Worker, user_states: faust.Table) -> None:
     async def user_interests(web, request, user_id: str):
         await load_partition_metadata(app, user_states)
         return await routed_interests(web, request, user_id=user_id)
+
+    @app.table_route(table=user_states, match_info="user_id")
+    async def routed_page(web, request, user_id: str):
+        page = await worker.page(user_id)
+        if page is None:
+            return web.html(f"<p>no events for user {html.escape(user_id)}</p>", status=404)
+        return web.html(page)
+
+    @app.page("/users/{user_id}")
+    async def user_page(web, request, user_id: str):
+        await load_partition_metadata(app, user_states)
+        return await routed_page(web, request, user_id=user_id)
 
     @app.page("/items/{item_id}")
     async def item(web, request, item_id: str):

@@ -15,7 +15,7 @@ and comes out as one record plus one `InterestUpdate` per user (per event with p
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import orjson
@@ -55,6 +55,7 @@ class UserOutcome:
     updates: list[bytes]  # InterestUpdate JSON: one, or one per event with per_event
     last: Incoming  # the user's last event in the batch
     applied: int  # events newly applied; 0 when re-publishing after a redelivery
+    interests: dict[str, float] = field(default_factory=dict)  # the last update's top categories
 
 
 @dataclass
@@ -160,6 +161,7 @@ class Engine:
         because = self._shown_because(step, records, seen, ranking) if self.explain else None
         views = self._views(ranking, self._shift_from(step, baseline), because)
         updates: dict[str, list[bytes]] = {}
+        interests: dict[str, dict[str, float]] = {}
         now, version = time.time(), self.checkpoint.version
         for view, covered in zip(views, self._covered(step, redelivered), strict=True):
             last = covered[-1]
@@ -177,6 +179,7 @@ class Engine:
                 "latency_ms": max(0.0, (now - last.appended_at) * 1000),
             }
             updates.setdefault(user, []).append(orjson.dumps(update))
+            interests[user] = view["interests"]
         outcomes = []
         for user, record in zip(
             step.users, step.records + [records[u] for u in republished], strict=True
@@ -184,7 +187,14 @@ class Engine:
             applied = fresh.get(user, [])
             last_event = max(applied or redelivered[user], key=_offset)
             outcomes.append(
-                UserOutcome(user, record.to_bytes(), updates[user], last_event, len(applied))
+                UserOutcome(
+                    user,
+                    record.to_bytes(),
+                    updates[user],
+                    last_event,
+                    len(applied),
+                    interests[user],
+                )  # fmt: skip
             )
         return outcomes
 

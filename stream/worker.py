@@ -39,6 +39,7 @@ from stream.items import (
     text_digest,
 )
 from stream.metrics import Metrics
+from stream.page import InterestHistory, render_user_page
 from stream.progress import HoleReader, LostTails, Progress, Record, span
 from stream.records import dead_letter
 from stream.settings import Settings
@@ -114,6 +115,7 @@ class Worker:
             per_event=bounds is not None and bounds.per_event, prequential=bounds is not None,
         )  # fmt: skip
         self.metrics = Metrics()
+        self.history = InterestHistory()  # each user's recent interests, for the user's page
         self.items_loaded = asyncio.Event()  # the item vectors present at start are in the matrix
         self.items_ready = asyncio.Event()  # ... and so is the catalog backlog present at start
         # A GPU steps while the event loop goes on reading events; on CPU a second thread would
@@ -313,6 +315,8 @@ class Worker:
             updates += [(user, update) for update in outcome.updates]
             self.metrics.update_latency.observe(max(0.0, time.time() - outcome.last.appended_at))
             self.metrics.events.inc(outcome.applied)
+            if outcome.applied:
+                self.history.record(outcome.user_id, time.time(), outcome.interests)
         # Faust's per-message path costs three times as much per record (faust_compat.py)
         delivered = await publish_batches(self.app, self.settings.updates_topic, updates)
         for produced in sends.values():  # progress of the batch's partitions waits for them
@@ -419,6 +423,20 @@ class Worker:
         async with self.items.lock:
             view = self.engine.describe(stored)
         return {"user_id": user_id, "model_version": self.checkpoint.version, **view}
+
+    async def page(self, user_id: str) -> str | None:
+        """The user's live page (stream/page.py); None for a user with no events."""
+        view = await self.interests(user_id)
+        if view is None:
+            return None
+        shown = {r["item_id"] for r in view["recommendations"]}
+        shown |= {b["item_id"] for r in view["recommendations"] for b in r.get("because") or ()}
+        titles = {}
+        for item_id in shown:
+            row = self.items.rows.get(item_id)
+            if row is not None:
+                titles[item_id] = self.items.items[row].title
+        return render_user_page(view, self.history.of(user_id), titles)
 
     def item(self, item_id: str) -> dict | None:
         """This worker's own view of an item: whether it can be recommended here."""
