@@ -65,7 +65,7 @@ def test_user_records_of_format_1_are_still_read():
 
 def test_user_records_of_format_2_are_still_read_without_types():
     # format 2 (before explanations): ids joined by NUL, no event types
-    events, items, prev, state = "e-1\0e-2".encode(), b"i-9\0i-8", bytes(range(16)), b"CUST.."
+    events, items, prev, state = b"e-1\0e-2", b"i-9\0i-8", bytes(range(16)), b"CUST.."
     head = struct.pack(
         "<4sHiqHHII", b"CUUR", 2, 3, 41, len(events), len(items), len(prev), len(state)
     )
