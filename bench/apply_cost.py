@@ -8,7 +8,8 @@ worker working through a backlog sees them; ml-100k users rate in bursts, so one
 has a long run in a batch. For each batch size it reports the padded user-by-run grid
 against the events (what `step_events` would compute if it ran on the grid) and the cost per
 event of the three engine modes: live (one update per user and batch), coalesced (the same,
-with prequential ranks: `currents replay --coalesce`) and per-event (`currents replay`).
+with prequential ranks: `currents replay --coalesce`) and per-event (`currents replay`), each
+with and without explanations (`because` on every recommendation; the ratio in brackets).
 Weights are untrained, item text vectors random: cost does not depend on them.
 """
 
@@ -66,12 +67,23 @@ def main() -> None:
             len(c) * max(c.values()) for c in (Counter(e.user_id for e in b) for b in batches)
         )
         line = f"batch {size}: padded grid {grid / len(stream):.1f}x the events;"
-        for mode, engine in engine_of.items():
-            line += f" {mode} {cost_per_event(engine, batches) * 1e6:.0f} us/event,"
+        for mode, (explained, plain) in engine_of.items():
+            # alternated, so a drift of the machine's speed weighs on both alike
+            with_because, without = (
+                cost_per_event(explained, batches),
+                cost_per_event(plain, batches),
+            )
+            with_because = min(with_because, cost_per_event(explained, batches))
+            without = min(without, cost_per_event(plain, batches))
+            line += (
+                f" {mode} {with_because * 1e6:.0f} us/event ({without * 1e6:.0f} without because:"
+                f" {with_because / without:.2f}x),"
+            )
         print(line.rstrip(","), flush=True)
 
 
-def engines(catalog) -> dict[str, Engine]:
+def engines(catalog) -> dict[str, tuple[Engine, Engine]]:
+    """Per mode, its engine with explanations and without."""
     rng = np.random.default_rng(0)
     path = Path(tempfile.mkdtemp(prefix="currents-apply-")) / "model.pt"
     checkpoint = load_checkpoint(untrained_checkpoint(path, catalog))
@@ -90,7 +102,13 @@ def engines(catalog) -> dict[str, Engine]:
             for item in catalog
         ]
     )
-    return {mode: Engine(checkpoint, matrix, **options) for mode, options in MODES.items()}
+    return {
+        mode: (
+            Engine(checkpoint, matrix, **options),
+            Engine(checkpoint, matrix, **options, explain=False),
+        )
+        for mode, options in MODES.items()
+    }
 
 
 def cost_per_event(engine: Engine, batches, repeats: int = 3) -> float:

@@ -352,8 +352,11 @@ class Engine:
             window[:, None, :], strongest.indices.numpy(force=True), axis=-1
         )  # (R, n, MAX_REASONS)
         cited[~np.isfinite(strongest.values.numpy(force=True))] = -1
+        cited = cited.tolist()
         refs = seen.refs
-        return [[[refs[e] for e in item if e >= 0] for item in row] for row in cited.tolist()]
+        reasons = {e: _reason(*refs[e]) for e in {e for row in cited for i in row for e in i}}
+        reasons.pop(-1, None)
+        return [[[reasons[e] for e in item if e >= 0] for item in row] for row in cited]
 
     def _prequential_rows(self, step: _Step, rows: "_Rows", baseline: range, seen: "_Seen"):
         """(E,) the row each event's rank is read from: its user's baseline for a first event,
@@ -578,7 +581,8 @@ class _Seen:
         applied: Sequence[Sequence[Incoming]],
     ):
         flat: list[int] = []  # each user's items, after RECENT -1s: a window never underflows
-        self.refs: list[dict | None] = []  # the event at each position of `flat`
+        # the event at each position of `flat`: (event id, item id, type), None where unknown
+        self.refs: list[tuple | None] = []
         starts = []  # where each user's batch events start in `flat`
         for record, events in zip(records, applied, strict=True):
             stored = record.recent_items
@@ -586,17 +590,15 @@ class _Seen:
             ids, types = (
                 _newest(v, len(stored)) for v in (record.recent_events, record.recent_types)
             )
-            self.refs += [None] * RECENT + [
-                None if event_id is None else _reason(event_id, item_id, kind)
-                for event_id, item_id, kind in zip(ids, stored, types, strict=True)
-            ]
+            self.refs += [None] * RECENT
+            self.refs += zip(ids, stored, types, strict=True)
             starts.append(len(flat))
             flat += [incoming.item_row for incoming in events]
-            self.refs += [
-                _reason(i.event.event_id, i.event.item_id, i.event.event_type) for i in events
-            ]
+            self.refs += [(i.event.event_id, i.event.item_id, i.event.event_type) for i in events]
         self._flat = np.array(flat, dtype=np.int64)
-        self._known = np.array([ref is not None for ref in self.refs], dtype=bool)
+        self._known = np.array(
+            [ref is not None and ref[0] is not None for ref in self.refs], dtype=bool
+        )
         self._starts = np.array(starts, dtype=np.int64)
 
     def window(self, user: np.ndarray, position: np.ndarray | int, size: int) -> np.ndarray:
