@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from schemas import InvalidMessage, decode_event
+from schemas import InterestUpdate, InvalidMessage, decode_event
 from schemas.export import json_schemas
 from stream.cli import main
 
@@ -45,3 +45,34 @@ def test_outgoing_timestamps_stay_iso_8601_in_the_schema():
     update = json_schemas()["InterestUpdate"]
     event_ref = update["$defs"]["EventRef"]["properties"]["timestamp"]
     assert event_ref["type"] == "string" and event_ref["format"] == "date-time"
+
+
+def test_because_is_an_optional_documented_field_and_version_1_updates_still_validate():
+    update = json_schemas()["InterestUpdate"]
+    recommendation = update["$defs"]["Recommendation"]
+    assert recommendation["required"] == ["item_id", "score"]
+    assert recommendation["properties"]["because"]["description"]
+    reason = update["$defs"]["Reason"]
+    assert set(reason["required"]) == {"event_id", "item_id"}
+    assert all(field.get("description") for field in reason["properties"].values())
+    version_1 = {
+        "schema_version": 1,
+        "update_id": "v:u:0:1",
+        "user_id": "u",
+        "model_version": "v",
+        "events": [
+            {
+                "event_id": "e",
+                "event_type": "view",
+                "timestamp": "2024-01-01T00:00:00Z",
+                "partition": 0,
+                "offset": 1,
+            }
+        ],
+        "interests": {"Jazz": 1.0},
+        "interest_shift": {"Jazz": 0.5},
+        "recommendations": [{"item_id": "i", "score": 0.5}],
+        "latency_ms": 3.0,
+    }
+    parsed = InterestUpdate.model_validate_json(json.dumps(version_1))
+    assert parsed.recommendations[0].because is None
