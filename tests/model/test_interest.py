@@ -47,6 +47,19 @@ def test_step_matches_forward_sequence_for_users_of_different_lengths(model):
                     assert state.last_ts[b].item() == ts[b, n - 1].item()
 
 
+def test_attention_weights_cover_the_events_a_user_has_and_are_read_back_from_the_state(model):
+    vecs, types, ts = random_batch([6, 6])
+    with torch.no_grad():
+        state = model.fresh_state(2)
+        for t in range(6):
+            state, out = model.step(state, vecs[:, t], types[:, t], ts[:, t])
+            seen = min(t + 1, CFG.window)  # slots holding an event, at the newest end
+            assert (out.attention[:, : CFG.window - seen] == 0).all()
+            assert (out.attention[:, CFG.window - seen :] > 0).all()
+            torch.testing.assert_close(out.attention.sum(-1), torch.ones(2))
+            torch.testing.assert_close(model.window_attention(state), out.attention)
+
+
 def test_users_are_independent_within_a_batch(model):
     vecs, types, ts = random_batch([5, 5])
     with torch.no_grad():
@@ -135,6 +148,7 @@ def test_step_events_applies_several_events_per_user_in_order(model):
             torch.testing.assert_close(out.interest[ev], interest[0], atol=1e-5, rtol=0)
             torch.testing.assert_close(new.ring[u, -1], mem[0, -1], atol=1e-5, rtol=0)
             assert int(new.count[u]) == len(ev) and new.last_ts[u] == ts[ev[-1]]
+        torch.testing.assert_close(out.attention[[2, 4, 5]], model.window_attention(new))
     assert start.count.tolist() == [0, 0, 0]  # the input states are left untouched
 
 
