@@ -6,8 +6,9 @@ Per dataset: train the interest model (model.train, default settings, a short sc
 for test cases of its leave-one-out split (the user's history before the held-out event): run
 the history through the serving step (model.serving.step_events, as the engine does), take the
 top recommendation (the user's last 32 items kept out, as the engine does) and the events
-`because` cites for it (stream.engine's rule: attention of the last event over its window,
-times how each event's item scores against the recommended one). Then remove the cited events
+`because` cites for it (stream.engine's rule: the weight of each event of the window, its
+attention plus 1 for the newest one's residual path, times how its item scores against the
+recommended one). Then remove the cited events
 from the history and re-score; separately remove as many other events of the same window
 (drawn at random) and re-score. The rank drop is the recommended item's new rank minus 1.
 Reports both mean rank drops and the share of cases where removing the cited events dropped the
@@ -86,7 +87,8 @@ def faithfulness(model, cat, histories, rng, top_n: int = 10) -> dict:
     for b, history in enumerate(histories):
         n = len(history.items)
         slots = np.arange(max(0, n - K), n)  # events of the window, oldest first
-        weights = attention[b, K - len(slots) :]
+        weights = attention[b, K - len(slots) :].clone()
+        weights[-1] += 1.0  # the newest event's slot, also through the residual (stream.engine)
         removed = min(MAX_REASONS, len(slots) // 2)  # as many others must be left to remove
         if removed == 0:
             continue

@@ -58,8 +58,9 @@ class Recommendation(BaseModel):
     because: Annotated[list[Reason], Field(max_length=MAX_REASONS)] | None = Field(
         default=None,
         description=f"Up to {MAX_REASONS} of the user's recent events that most support this "
-        "item, strongest first: the model's attention over the user's last events, each "
-        "weighted by how its item scores against this one. Absent in schema version 1.",
+        "item, strongest first: the weight the model gave each of the user's last events "
+        "(its attention over them, the newest also directly), times how the event's item "
+        "scores against this one. Absent in schema version 1.",
     )
 
 

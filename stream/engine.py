@@ -333,9 +333,11 @@ class Engine:
         self, attention: torch.Tensor, window: np.ndarray, seen: "_Seen", top: torch.Tensor
     ) -> list[list[list[dict]]]:
         """For each row and recommended item, up to MAX_REASONS events of the row's window,
-        strongest support first. An event's support for an item is the attention the interest
-        gave the event's memory slot times how the event's item scores against the
-        recommended one: what the model drew on, and how much of it points at that item.
+        strongest support first. An event's support for an item is the weight the interest
+        gave the event's memory slot (its attention; the newest event's slot also reaches the
+        interest directly, through the residual around the attention: +1) times how the
+        event's item scores against the recommended one: what the model drew on, and how much
+        of it points at that item.
 
         attention (R, K) and window (R, K) (indices of `seen`'s events, -1: none) oldest
         first; top (R, n) recommended item rows. Events whose item left the matrix, or whose
@@ -346,7 +348,9 @@ class Engine:
         similarity = torch.einsum(
             "rnd,rkd->rnk", reps[top], reps[torch.from_numpy(np.maximum(item_rows, 0))]
         )
-        support = (attention.unsqueeze(1) * similarity).masked_fill(~usable.unsqueeze(1), -math.inf)
+        weights = attention.clone()
+        weights[:, -1] += 1.0
+        support = (weights.unsqueeze(1) * similarity).masked_fill(~usable.unsqueeze(1), -math.inf)
         strongest = support.topk(min(MAX_REASONS, support.shape[-1]), dim=-1)
         cited = np.take_along_axis(
             window[:, None, :], strongest.indices.numpy(force=True), axis=-1

@@ -318,7 +318,8 @@ def checkpoint_count(engine, record: bytes) -> int:
 
 def expected_because(checkpoint, engine, events: list[BehaviorEvent], item_id: str) -> list[str]:
     """The reasons `because` should give, from the model's own step: the attention the last
-    event gave each event of its window, times how that event's item scores against item_id."""
+    event gave each event of its window (+1 for itself: the residual), times how that event's
+    item scores against item_id."""
     model, state, K = checkpoint.model, checkpoint.model.fresh_state(1), checkpoint.config.window
     reps = engine.items.reps
     with torch.inference_mode():
@@ -330,7 +331,8 @@ def expected_because(checkpoint, engine, events: list[BehaviorEvent], item_id: s
                 torch.tensor([event.timestamp.timestamp()], dtype=torch.float64),
             )
         window = events[-K:]
-        attention = out.attention[0, K - len(window) :]
+        attention = out.attention[0, K - len(window) :].clone()
+        attention[-1] += 1.0  # the newest event also reaches the interest by the residual
         target = reps[engine.items.rows[item_id]]
         support = [
             float(a * (reps[engine.items.rows[e.item_id]] @ target))
