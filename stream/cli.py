@@ -14,7 +14,8 @@ import logging
 import sys
 from pathlib import Path
 
-from stream.settings import Settings
+from stream.connection import ConnectionFailed
+from stream.settings import Settings, SettingsError
 
 __all__ = ["main"]
 
@@ -52,6 +53,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
     from stream.topics import ensure_topics
 
     settings = Settings.from_env()
+    settings.cluster.check()
     created = ensure_topics(settings)
     print(f"created: {', '.join(created) or 'nothing (all topics exist)'}")
     return 0
@@ -62,6 +64,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from stream.topics import ensure_topics
 
     settings = Settings.from_env()
+    settings.cluster.check()  # a refused connection ends here, with its cause
     ensure_topics(settings)
     create_worker(create_app(settings), settings, args.loglevel).execute_from_commandline()
     return 0
@@ -167,7 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(argv).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    return args.run(args)
+    try:
+        return args.run(args)
+    except SettingsError as error:  # one line naming the variable, never a secret's value
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except ConnectionFailed as error:  # one line naming the cause
+        print(f"error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -14,8 +14,6 @@ import signal
 import threading
 from pathlib import Path
 
-from kafka import KafkaConsumer, KafkaProducer
-
 from schemas import InterestUpdate
 from stream.demo_data import demo_catalog, demo_events, describe_drift, write_demo_dataset
 from stream.local_kafka import single_node
@@ -55,7 +53,7 @@ def run_demo(args: argparse.Namespace) -> int:
         ensure_topics(settings)
         catalog = demo_catalog()
         events = demo_events(catalog, args.users, args.events_per_user, STREAM_SEED)
-        producer = KafkaProducer(bootstrap_servers=settings.bootstrap, acks="all", linger_ms=5)
+        producer = settings.cluster.producer(acks="all", linger_ms=5)
         publish_catalog(producer, settings, catalog)
 
         worker_log = DEMO_DIR / "worker.log"
@@ -135,9 +133,8 @@ def stream_events(producer, settings: Settings, events, rate: float, stopping) -
 
 def show_updates(settings: Settings, user: str, titles: dict, stopping, worker) -> None:
     """Print the featured user's updates as they are published, until Ctrl-C."""
-    consumer = KafkaConsumer(
+    consumer = settings.cluster.consumer(
         settings.updates_topic,
-        bootstrap_servers=settings.bootstrap,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         consumer_timeout_ms=500,
@@ -145,7 +142,7 @@ def show_updates(settings: Settings, user: str, titles: dict, stopping, worker) 
     try:
         while not stopping.is_set() and worker.poll() is None:
             for record in consumer:
-                if record.key == user.encode():
+                if record.key == user.encode() and record.value is not None:
                     update = InterestUpdate.model_validate_json(record.value)
                     print(format_update(update, titles), flush=True)
                 if stopping.is_set():

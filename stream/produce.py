@@ -252,10 +252,10 @@ def run(args: argparse.Namespace) -> int:
     quiet_kafka_logs()
     settings = Settings.from_env()
     items, delivery = _Delivery(), _Delivery()
+    settings.cluster.check()  # a refused connection ends here, with its cause
     try:
         ensure_topics(settings)
-        producer = KafkaProducer(
-            bootstrap_servers=settings.bootstrap,
+        producer = settings.cluster.producer(
             client_id="currents-produce",
             acks="all",
             linger_ms=LINGER_MS,

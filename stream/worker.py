@@ -138,7 +138,7 @@ class Worker:
         settings = self.settings
         try:
             encoded = await loop.run_in_executor(
-                None, catalog_backlog_encoded, settings.bootstrap, settings.app_id,
+                None, catalog_backlog_encoded, settings.cluster, settings.app_id,
                 settings.catalog_topic,
             )  # fmt: skip
 
@@ -149,7 +149,7 @@ class Worker:
                 return await loop.run_in_executor(None, encoded)
 
             await follow_item_vectors(
-                settings.bootstrap, settings.item_vectors_topic, self.items,
+                settings.cluster, settings.item_vectors_topic, self.items,
                 self.items_loaded, catalog_encoded, self.items_ready,
             )  # fmt: skip
         except Exception:
@@ -343,9 +343,7 @@ class Worker:
     def _reader(self) -> HoleReader:
         if self._hole_reader is None:
             settings = self.settings
-            self._hole_reader = HoleReader(
-                settings.bootstrap, settings.events_topic, settings.app_id
-            )
+            self._hole_reader = HoleReader(settings.cluster, settings.events_topic, settings.app_id)
         return self._hole_reader
 
     # --- progress, the consumer, rebalances ---------------------------------------------------

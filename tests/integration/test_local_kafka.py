@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
+from stream.connection import Cluster
 from stream.local_kafka import free_port
 from stream.processes import wait_for
 
@@ -68,7 +68,7 @@ def test_kafka_start_status_stop_keeps_data_across_restarts(tmp_path):
         assert status.returncode == 0 and "serving" in status.stdout
         broker = int(re.search(r"pid=(\d+)", status.stdout).group(1))
         assert running(broker)
-        admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}")
+        admin = Cluster(f"127.0.0.1:{port}").admin()
         admin.create_topics([NewTopic("kept", 2, 1)])
         admin.close()
         assert currents("kafka", "stop", *where).returncode == 0
@@ -77,7 +77,7 @@ def test_kafka_start_status_stop_keeps_data_across_restarts(tmp_path):
         assert processes_mentioning(str(data)) == []
 
         assert currents("kafka", "start", *where).returncode == 0
-        admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}")
+        admin = Cluster(f"127.0.0.1:{port}").admin()
         assert "kept" in admin.list_topics()
         admin.close()
     finally:
