@@ -60,11 +60,12 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    settings.cluster.check()  # a refused connection ends here, with its cause (before torch)
+
     from stream.app import create_app, create_worker
     from stream.topics import ensure_topics
 
-    settings = Settings.from_env()
-    settings.cluster.check()  # a refused connection ends here, with its cause
     ensure_topics(settings)
     create_worker(create_app(settings), settings, args.loglevel).execute_from_commandline()
     return 0

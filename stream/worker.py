@@ -8,6 +8,7 @@ Faust's private API is reached only through stream/faust_compat.py.
 
 import asyncio
 import gc
+import hmac
 import logging
 import os
 import time
@@ -18,6 +19,7 @@ from typing import Protocol
 import faust
 import torch
 from aiokafka.errors import IllegalStateError
+from pydantic import SecretStr
 
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.encoder import ItemEncoder, item_text
@@ -43,7 +45,7 @@ from stream.progress import HoleReader, LostTails, Progress, Record, span
 from stream.records import dead_letter
 from stream.settings import Settings
 
-__all__ = ["EXIT_FATAL", "Bounds", "Worker", "load_model"]
+__all__ = ["EXIT_FATAL", "Bounds", "Worker", "bearer_authorized", "load_model"]
 
 log = logging.getLogger(__name__)
 EXIT_FATAL = 70  # a batch failed for a reason that is not its input: exit before it is acked
@@ -454,6 +456,16 @@ class Worker:
                 self.metrics.lag.labels(str(tp.partition)).set(max(0, end - done))
         self.metrics.items.set(len(self.items))
         return self.metrics.render()
+
+
+def bearer_authorized(header: str | None, token: SecretStr | None) -> bool:
+    """Whether an Authorization header carries `token` (any header does when there is none).
+    Compared in constant time: how long a wrong guess takes says nothing of the token."""
+    if token is None:
+        return True
+    scheme, _, given = (header or "").partition(" ")
+    expected = token.get_secret_value().encode()
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected)
 
 
 def _record(event) -> Record:
