@@ -4,6 +4,7 @@ currents demo                  local broker + worker + sample stream; Ctrl-C sto
 currents kafka start|stop|status|fetch
 currents worker                a Faust worker (settings from CURRENTS_* variables)
 currents topics                create the Currents topics on the cluster
+currents forget USER_ID...     erase users' states (the right to be forgotten)
 currents replay --checkpoint P re-score history in a namespace of its own; currents report
 currents schemas export DIR    JSON Schema of every message, for other languages
 """
@@ -68,6 +69,32 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     ensure_topics(settings)
     create_worker(create_app(settings), settings, args.loglevel).execute_from_commandline()
+    return 0
+
+
+def cmd_forget(args: argparse.Namespace) -> int:
+    from kafka.errors import KafkaError
+    from pydantic import ValidationError
+
+    from stream.produce import quiet_kafka_logs, send_erasures
+
+    quiet_kafka_logs()
+    settings = Settings.from_env()
+    settings.cluster.check()
+    try:
+        send_erasures(settings, args.user_ids)
+    except ValidationError as error:
+        print(f"error: not a user id: {error.errors(include_url=False)[0]['msg']}", file=sys.stderr)
+        return 2
+    except KafkaError as error:
+        print(f"error: the erasures were not all delivered: {error!r}", file=sys.stderr)
+        return 1
+    print(
+        f"sent the erasure of {len(args.user_ids)} user(s) to {settings.events_topic}. The "
+        f"owning worker deletes each state (RocksDB and a changelog tombstone) and publishes a "
+        f"tombstone to {settings.updates_topic}. Events already in {settings.events_topic} "
+        "stay until its retention, and updates consumers have read are theirs to delete."
+    )
     return 0
 
 
@@ -146,6 +173,17 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     topics = commands.add_parser("topics", help="create the Currents topics if missing")
     topics.set_defaults(run=cmd_topics)
+
+    forget = commands.add_parser(
+        "forget",
+        help="erase users: their states, and a tombstone on the updates topic",
+        description="Send an erasure of each user to the events topic, keyed by the user: the "
+        "worker owning the user deletes the user's state (RocksDB and a changelog tombstone) "
+        "and publishes a tombstone (key user id, no value) to the updates topic; the user's "
+        "next event starts from a fresh state. Replays see the erasure too.",
+    )
+    forget.add_argument("user_ids", nargs="+", metavar="USER_ID", help="users to forget")
+    forget.set_defaults(run=cmd_forget)
 
     for name, (module, summary) in PLUGGED_COMMANDS.items():
         command = commands.add_parser(name, help=summary)

@@ -310,10 +310,18 @@ class Worker:
         for outcome in outcomes:
             user = outcome.user_id.encode()
             with in_partition_of(contexts[outcome.last.partition]):
-                self.user_states[user] = outcome.record
+                if outcome.forgotten and user in self.user_states:
+                    del self.user_states[user]  # from the store, and a changelog tombstone
+                if outcome.record is not None:
+                    self.user_states[user] = outcome.record
             sends[outcome.last.partition] += self.user_states.take_sends()  # its changelog record
+            if outcome.forgotten:  # downstream and compacted copies drop theirs
+                updates.append((user, None))
+                self.metrics.erasures.inc()
             updates += [(user, update) for update in outcome.updates]
-            self.metrics.update_latency.observe(max(0.0, time.time() - outcome.last.appended_at))
+            if outcome.updates:
+                latency = time.time() - outcome.last.appended_at
+                self.metrics.update_latency.observe(max(0.0, latency))
             self.metrics.events.inc(outcome.applied)
         # Faust's per-message path costs three times as much per record (faust_compat.py)
         delivered = await publish_batches(self.app, self.settings.updates_topic, updates)
