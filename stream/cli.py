@@ -28,13 +28,18 @@ DEFAULT_KAFKA_PORT = 9092
 def cmd_kafka(args: argparse.Namespace) -> int:
     from stream.local_kafka import KafkaError, ensure_jars, single_node
 
-    kafka = single_node(args.kafka_dir, args.port)
+    logging.getLogger("kafka").setLevel(logging.WARNING)  # the start's probe is not news
+    # a broker made secure stays secure: its data holds the SCRAM users and certificates
+    secure = args.secure or (args.kafka_dir / "security" / "broker.pem").exists()
+    kafka = single_node(args.kafka_dir, args.port, secure=secure)
     try:
         if args.action == "fetch":
             print(f"Kafka jars in {ensure_jars()}")
         elif args.action == "start":
             kafka.start()
             print(f"Kafka running at {kafka.bootstrap} (data in {args.kafka_dir})")
+            if secure:
+                print(_secure_connection(kafka, args.kafka_dir / "client.env"))
         elif args.action == "stop":
             kafka.stop()
             print("Kafka stopped")
@@ -48,6 +53,26 @@ def cmd_kafka(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _secure_connection(kafka, env_file: Path) -> str:
+    """Write the variables that connect to a secure local broker to `env_file` (the password
+    by its file, never its value); say how to use them."""
+    security = kafka.client_security
+    lines = [
+        f"CURRENTS_BOOTSTRAP={kafka.bootstrap}",
+        f"CURRENTS_KAFKA_SECURITY_PROTOCOL={security.security_protocol}",
+        f"CURRENTS_KAFKA_SASL_MECHANISM={security.sasl_mechanism}",
+        f"CURRENTS_KAFKA_SASL_USERNAME={security.sasl_username}",
+        f"CURRENTS_KAFKA_SASL_PASSWORD_FILE={kafka.password_file.absolute()}",
+        f"CURRENTS_KAFKA_SSL_CAFILE={security.ssl_cafile.absolute()}",
+    ]
+    env_file.write_text("\n".join(lines) + "\n")
+    return (
+        "It accepts only SASL_SSL (SCRAM-SHA-512 or -256, TLS with its own CA). Connect with\n"
+        + "".join(f"  {line}\n" for line in lines)
+        + f"(written to {env_file}; `cp {env_file} .env` makes every command use them)"
+    )
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
@@ -165,6 +190,13 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     kafka = commands.add_parser("kafka", help="the local single-node Kafka broker (KRaft)")
     kafka.add_argument("action", choices=["start", "stop", "status", "fetch"])
     add_kafka_arguments(kafka, DEFAULT_KAFKA_DIR)
+    kafka.add_argument(
+        "--secure",
+        action="store_true",
+        help="start: accept only SASL_SSL, with a SCRAM user and a CA and broker certificate "
+        "it generates (openssl); prints the CURRENTS_KAFKA_* settings to connect, and a "
+        "broker started so stays so",
+    )
     kafka.set_defaults(run=cmd_kafka)
 
     worker = commands.add_parser("worker", help="run a Faust worker until SIGINT/SIGTERM")

@@ -12,6 +12,7 @@ optional client certificate and key (mutual TLS); the broker's host name is chec
 certificate unless `ssl_check_hostname` is switched off.
 """
 
+import logging
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,17 @@ __all__ = ["Cluster", "ConnectionFailed", "KafkaSecurity"]
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+class _NoConfigurationDump(logging.Filter):
+    """kafka-python's admin client logs its whole configuration, SASL password included, at
+    DEBUG: that line is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Starting KafkaAdminClient with configuration")
+
+
+logging.getLogger("kafka.admin.client").addFilter(_NoConfigurationDump())
 
 
 class ConnectionFailed(Exception):

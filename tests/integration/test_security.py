@@ -1,6 +1,7 @@
 """A secured cluster and an authenticated HTTP API, as users meet them: refusals end commands
 with their cause, secrets appear nowhere, and the token guards user and item pages."""
 
+import logging
 import os
 import subprocess
 import sys
@@ -74,8 +75,17 @@ def test_a_refused_connection_ends_worker_produce_and_tail_with_its_cause(
         print(f"{cause}: {name} exited {done.returncode} after {took:.1f} s: {lines[0]}")
 
 
-def test_secrets_from_the_environment_or_files_appear_in_no_output(secured, tmp_path):
+def test_secrets_from_the_environment_or_files_appear_in_no_output(secured, tmp_path, caplog):
     password = secured.kafka.sasl_password.get_secret_value()
+    with caplog.at_level(logging.DEBUG):  # kafka-python logs an admin client's configuration
+        for client in (
+            secured.cluster.admin(),
+            secured.cluster.consumer(),
+            secured.cluster.producer(),
+        ):
+            client.close()
+    assert "kafka.admin.client" in caplog.text  # its debug lines were captured
+    assert password not in caplog.text
     (tmp_path / "password").write_text(password + "\n")
     by_file = {
         "CURRENTS_KAFKA_SASL_PASSWORD": "",
