@@ -42,7 +42,9 @@ def run_demo(args: argparse.Namespace) -> int:
     if not (os.environ.get("KAFKA_BOOTSTRAP") or os.environ.get("CURRENTS_BOOTSTRAP")):
         shutil.rmtree(args.kafka_dir, ignore_errors=True)  # a fresh world on every run
         kafka = single_node(args.kafka_dir, args.port)
-        settings = settings.model_copy(update={"bootstrap": kafka.bootstrap})
+        settings = settings.model_copy(
+            update={"bootstrap": kafka.bootstrap, "kafka": kafka.client_security}
+        )
     shutil.rmtree(settings.data_dir, ignore_errors=True)
     worker = None
     try:
