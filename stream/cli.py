@@ -161,12 +161,40 @@ PLUGGED_COMMANDS = {
 }
 
 
+def add_kafka_command(commands) -> None:
+    kafka = commands.add_parser("kafka", help="the local single-node Kafka broker (KRaft)")
+    kafka.add_argument("action", choices=["start", "stop", "status", "fetch"])
+    add_kafka_arguments(kafka, DEFAULT_KAFKA_DIR)
+    kafka.add_argument(
+        "--secure",
+        action="store_true",
+        help="start: accept only SASL_SSL, with a SCRAM user and a CA and broker certificate "
+        "it generates (openssl); prints the CURRENTS_KAFKA_* settings to connect, and a "
+        "broker started so stays so",
+    )
+    kafka.set_defaults(run=cmd_kafka)
+
+
+def add_forget_command(commands) -> None:
+    forget = commands.add_parser(
+        "forget",
+        help="erase users: their states, and a tombstone on the updates topic",
+        description="Send an erasure of each user to the events topic, keyed by the user: the "
+        "worker owning the user deletes the user's state (RocksDB and a changelog tombstone) "
+        "and publishes a tombstone (key user id, no value) to the updates topic; the user's "
+        "next event starts from a fresh state. Replays see the erasure too.",
+    )
+    forget.add_argument("user_ids", nargs="+", metavar="USER_ID", help="users to forget")
+    forget.set_defaults(run=cmd_forget)
+
+
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="currents",
         description="Currents: a streaming user-interest engine on Kafka and Faust.",
-        epilog="Settings come from CURRENTS_* environment variables (see README, Configuration); "
-        "KAFKA_BOOTSTRAP=host:port points every command at an existing cluster.",
+        epilog="Settings come from CURRENTS_* environment variables or a .env file (see README, "
+        "Configuration); KAFKA_BOOTSTRAP=host:port points every command at an existing cluster, "
+        "CURRENTS_KAFKA_* say how to connect to it (README, Connect to your cluster).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -187,17 +215,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     )
     demo.set_defaults(run=cmd_demo)
 
-    kafka = commands.add_parser("kafka", help="the local single-node Kafka broker (KRaft)")
-    kafka.add_argument("action", choices=["start", "stop", "status", "fetch"])
-    add_kafka_arguments(kafka, DEFAULT_KAFKA_DIR)
-    kafka.add_argument(
-        "--secure",
-        action="store_true",
-        help="start: accept only SASL_SSL, with a SCRAM user and a CA and broker certificate "
-        "it generates (openssl); prints the CURRENTS_KAFKA_* settings to connect, and a "
-        "broker started so stays so",
-    )
-    kafka.set_defaults(run=cmd_kafka)
+    add_kafka_command(commands)
 
     worker = commands.add_parser("worker", help="run a Faust worker until SIGINT/SIGTERM")
     worker.add_argument("--loglevel", default="info", help="debug, info, warning (default info)")
@@ -206,16 +224,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     topics = commands.add_parser("topics", help="create the Currents topics if missing")
     topics.set_defaults(run=cmd_topics)
 
-    forget = commands.add_parser(
-        "forget",
-        help="erase users: their states, and a tombstone on the updates topic",
-        description="Send an erasure of each user to the events topic, keyed by the user: the "
-        "worker owning the user deletes the user's state (RocksDB and a changelog tombstone) "
-        "and publishes a tombstone (key user id, no value) to the updates topic; the user's "
-        "next event starts from a fresh state. Replays see the erasure too.",
-    )
-    forget.add_argument("user_ids", nargs="+", metavar="USER_ID", help="users to forget")
-    forget.set_defaults(run=cmd_forget)
+    add_forget_command(commands)
 
     for name, (module, summary) in PLUGGED_COMMANDS.items():
         command = commands.add_parser(name, help=summary)

@@ -77,7 +77,8 @@ def test_a_refused_connection_ends_worker_produce_and_tail_with_its_cause(
 
 def test_secrets_from_the_environment_or_files_appear_in_no_output(secured, tmp_path, caplog):
     password = secured.kafka.sasl_password.get_secret_value()
-    with caplog.at_level(logging.DEBUG):  # kafka-python logs an admin client's configuration
+    # kafka-python logs an admin client's configuration (the commands quiet its logger)
+    with caplog.at_level(logging.DEBUG, logger="kafka"):
         for client in (
             secured.cluster.admin(),
             secured.cluster.consumer(),
