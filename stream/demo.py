@@ -155,6 +155,7 @@ def show_updates(settings: Settings, user: str, titles: dict, stopping, worker) 
 
 def walkthrough(settings: Settings, user: str, drift: str) -> str:
     web = f"http://{settings.web_host}:{settings.web_port}"
+    auth = '-H "Authorization: Bearer $TOKEN" ' if settings.web_token else ""  # never its value
     return (
         f"""
 What you are watching
@@ -166,7 +167,7 @@ What you are watching
   Watch the first category fade and the next one take over; the recommendations follow.
   In another terminal:
     currents tail --user user-3                 another user's updates
-    curl {web}/users/{user}/interests     the current view, from the worker's table
+    curl {auth}{web}/users/{user}/interests     the current view, from the worker's table
     curl {web}/metrics                    events/s, batch sizes, latency, lag
   Press Ctrl-C to stop everything.
 """.rstrip()
