@@ -38,7 +38,9 @@ class Settings(BaseSettings):
         env_nested_delimiter="_",
         env_nested_max_split=1,
         frozen=True,
-        extra="ignore",  # other CURRENTS_* variables (CURRENTS_KAFKA_HOME) are not settings
+        # a shared .env holds other programs' variables, and CURRENTS_KAFKA_HOME is the broker
+        # jars' cache: ignored here; a misspelt argument is refused by __init__
+        extra="ignore",
         hide_input_in_errors=True,  # a rejected value may be a secret
         validate_by_name=True,  # Settings(bootstrap=...) as well as the variables
     )
@@ -109,6 +111,16 @@ class Settings(BaseSettings):
     @property
     def broker_url(self) -> str:
         return ";".join(f"kafka://{server}" for server in self.bootstrap.split(","))
+
+    def __init__(self, **values: Any):
+        unknown = sorted(
+            name
+            for name in values
+            if not name.startswith("_") and name not in type(self).model_fields
+        )
+        if unknown:
+            raise TypeError(f"unknown settings: {', '.join(unknown)}")
+        super().__init__(**values)
 
     @classmethod
     def settings_customise_sources(cls, settings_cls, init_settings, env_settings,

@@ -44,7 +44,9 @@ def tls_server(tmp_path):
 def test_the_host_name_is_checked_unless_switched_off(tls_server):
     port, ca = tls_server
     checked = KafkaSecurity(security_protocol="SSL", ssl_cafile=ca)
-    with pytest.raises(ConnectionFailed, match="address mismatch, certificate is not valid for .127.0.0.1"):
+    with pytest.raises(
+        ConnectionFailed, match="address mismatch, certificate is not valid for .127.0.0.1"
+    ):
         Cluster(f"127.0.0.1:{port}", checked).check(timeout=5)
     unchecked = checked.model_copy(update={"ssl_check_hostname": False})
     # the handshake passes; this server then closes, as a broker of another protocol would

@@ -87,6 +87,14 @@ def test_a_secret_set_twice_or_from_a_missing_file_is_refused_by_name(monkeypatc
         Settings.from_env()
 
 
+def test_unknown_variables_are_ignored_but_a_misspelt_argument_is_not(monkeypatch):
+    Path(".env").write_text("OTHER_PROGRAM=1\nCURRENTS_KAFKA_HOME=/opt/jars\n")
+    monkeypatch.setenv("CURRENTS_NOT_A_SETTING", "1")
+    assert Settings.from_env() == Settings()
+    with pytest.raises(TypeError, match="unknown settings: partitons"):
+        Settings(partitons=3)
+
+
 def test_invalid_values_are_rejected_by_name_without_the_value(monkeypatch):
     monkeypatch.setenv("CURRENTS_PARTITIONS", "zero")
     with pytest.raises(SettingsError, match="CURRENTS_PARTITIONS: Input should be a valid int"):
