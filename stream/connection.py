@@ -209,17 +209,37 @@ class Cluster:
             options = self.security.kafka_python()
         except ConnectionFailed as error:
             raise ConnectionFailed(f"cannot connect to Kafka: {error}") from None
-        reasons = []
-        for server in self.bootstrap.split(","):
-            host, _, port = server.strip().rpartition(":")
-            try:
-                asyncio.run(probe_broker(host, int(port), options, timeout))
-                return
-            except Exception as error:  # noqa: BLE001 - every cause becomes one line
-                reasons.append(f"{server}: {self._reason(error, timeout)}")
-        raise ConnectionFailed(
-            f"cannot connect to Kafka ({self.security.describe()}): {'; '.join(reasons)}"
-        )
+        servers = [server.strip() for server in self.bootstrap.split(",")]
+
+        async def first_accepting() -> dict[str, str]:
+            """All servers at once, so the whole check takes at most `timeout`: {} as soon
+            as one accepts, else each server's reason."""
+            probes = {
+                asyncio.ensure_future(
+                    probe_broker(server.rpartition(":")[0], int(server.rpartition(":")[2]),
+                                 options, timeout)
+                ): server
+                for server in servers
+            }  # fmt: skip
+            reasons = {}
+            while probes:
+                done, _ = await asyncio.wait(probes, return_when=asyncio.FIRST_COMPLETED)
+                for probe in done:
+                    server = probes.pop(probe)
+                    if probe.exception() is None:
+                        for other in probes:
+                            other.cancel()
+                        await asyncio.gather(*probes, return_exceptions=True)
+                        return {}
+                    reasons[server] = self._reason(probe.exception(), timeout)
+            return reasons
+
+        reasons = asyncio.run(first_accepting())
+        if reasons:
+            listed = "; ".join(f"{server}: {reasons[server]}" for server in servers)
+            raise ConnectionFailed(
+                f"cannot connect to Kafka ({self.security.describe()}): {listed}"
+            )
 
     def _reason(self, error: Exception, timeout: float) -> str:
         import ssl

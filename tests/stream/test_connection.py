@@ -3,6 +3,7 @@
 import socket
 import ssl
 import threading
+import time
 
 import pytest
 
@@ -65,3 +66,16 @@ def test_a_missing_tls_file_is_named_in_one_line(tmp_path):
 def test_nothing_listening_is_named_per_server():
     with pytest.raises(ConnectionFailed, match=r"127.0.0.1:1: .*; 127.0.0.1:2: "):
         Cluster("127.0.0.1:1,127.0.0.1:2").check(timeout=2)
+
+
+def test_silent_servers_are_probed_together_within_the_timeout():
+    silent = [socket.create_server(("127.0.0.1", 0)) for _ in range(3)]  # never accept
+    servers = ",".join(f"127.0.0.1:{s.getsockname()[1]}" for s in silent)
+    started = time.monotonic()
+    try:
+        with pytest.raises(ConnectionFailed, match="no answer within 2 s.*no answer within 2 s"):
+            Cluster(servers).check(timeout=2)
+    finally:
+        for server in silent:
+            server.close()
+    assert time.monotonic() - started < 4  # not 3 x 2 s
