@@ -14,8 +14,6 @@ import signal
 import threading
 from pathlib import Path
 
-from kafka import KafkaConsumer, KafkaProducer
-
 from schemas import InterestUpdate
 from stream.demo_data import demo_catalog, demo_events, describe_drift, write_demo_dataset
 from stream.local_kafka import single_node
@@ -44,7 +42,9 @@ def run_demo(args: argparse.Namespace) -> int:
     if not (os.environ.get("KAFKA_BOOTSTRAP") or os.environ.get("CURRENTS_BOOTSTRAP")):
         shutil.rmtree(args.kafka_dir, ignore_errors=True)  # a fresh world on every run
         kafka = single_node(args.kafka_dir, args.port)
-        settings = settings.model_copy(update={"bootstrap": kafka.bootstrap})
+        settings = settings.model_copy(
+            update={"bootstrap": kafka.bootstrap, "kafka": kafka.client_security}
+        )
     shutil.rmtree(settings.data_dir, ignore_errors=True)
     worker = None
     try:
@@ -55,7 +55,7 @@ def run_demo(args: argparse.Namespace) -> int:
         ensure_topics(settings)
         catalog = demo_catalog()
         events = demo_events(catalog, args.users, args.events_per_user, STREAM_SEED)
-        producer = KafkaProducer(bootstrap_servers=settings.bootstrap, acks="all", linger_ms=5)
+        producer = settings.cluster.producer(acks="all", linger_ms=5)
         publish_catalog(producer, settings, catalog)
 
         worker_log = DEMO_DIR / "worker.log"
@@ -135,9 +135,8 @@ def stream_events(producer, settings: Settings, events, rate: float, stopping) -
 
 def show_updates(settings: Settings, user: str, titles: dict, stopping, worker) -> None:
     """Print the featured user's updates as they are published, until Ctrl-C."""
-    consumer = KafkaConsumer(
+    consumer = settings.cluster.consumer(
         settings.updates_topic,
-        bootstrap_servers=settings.bootstrap,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         consumer_timeout_ms=500,
@@ -145,7 +144,7 @@ def show_updates(settings: Settings, user: str, titles: dict, stopping, worker) 
     try:
         while not stopping.is_set() and worker.poll() is None:
             for record in consumer:
-                if record.key == user.encode():
+                if record.key == user.encode() and record.value is not None:
                     update = InterestUpdate.model_validate_json(record.value)
                     print(format_update(update, titles), flush=True)
                 if stopping.is_set():
@@ -156,6 +155,7 @@ def show_updates(settings: Settings, user: str, titles: dict, stopping, worker) 
 
 def walkthrough(settings: Settings, user: str, drift: str) -> str:
     web = f"http://{settings.web_host}:{settings.web_port}"
+    auth = '-H "Authorization: Bearer $TOKEN" ' if settings.web_token else ""  # never its value
     return (
         f"""
 What you are watching
@@ -167,7 +167,7 @@ What you are watching
   Watch the first category fade and the next one take over; the recommendations follow.
   In another terminal:
     currents tail --user user-3                 another user's updates
-    curl {web}/users/{user}/interests     the current view, from the worker's table
+    curl {auth}{web}/users/{user}/interests     the current view, from the worker's table
     curl {web}/metrics                    events/s, batch sizes, latency, lag
   Press Ctrl-C to stop everything.
 """.rstrip()

@@ -35,11 +35,15 @@ The worker needs a few things Faust 0.15 does not offer:
     CPU per event went to those tasks (docs/benchmarks.md).
 - **No terminal spinner** (`create_worker`) and **recovery state** (`tables_restored`,
   `steady`).
+- **A connection probe** (`probe_broker`): Kafka clients retry a refused connection until their
+  timeout and then say only "unable to bootstrap"; one aiokafka connection and one metadata
+  request say at once whether TLS, SASL or the network failed (stream/connection.py).
 
 Importing this module checks the installed versions: another faust or aiokafka may have moved
 any of these internals, so it refuses to run on one it was not tested with.
 """
 
+import asyncio
 import functools
 import importlib.metadata
 import re
@@ -64,6 +68,7 @@ __all__ = [
     "fetch_min_bytes",
     "in_partition_of",
     "load_partition_metadata",
+    "probe_broker",
     "publish_batches",
     "set_fetch_min_bytes",
     "steady",
@@ -194,6 +199,27 @@ async def load_partition_metadata(app: faust.App, table) -> None:
     request. Asking for the partitions is a no-op once they are known.
     """
     await app.producer._ensure_producer().partitions_for(table.changelog_topic.get_topic_name())
+
+
+# --- connecting ------------------------------------------------------------------------------
+
+
+async def probe_broker(host: str, port: int, options: dict, timeout: float) -> None:
+    """Connect to one broker with aiokafka's options (TLS, SASL) and ask for metadata, which
+    needs an authenticated connection; raises what went wrong (ssl.SSLError, aiokafka's
+    SaslAuthenticationFailed, KafkaConnectionError, OSError, TimeoutError)."""
+    from aiokafka.conn import create_conn
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    async with asyncio.timeout(timeout):
+        conn = await create_conn(
+            host, port, client_id="currents-probe", request_timeout_ms=int(timeout * 1000),
+            **options,
+        )  # fmt: skip
+        try:
+            await conn.send(MetadataRequest([]))
+        finally:
+            conn.close()
 
 
 # --- the worker -----------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from schemas import ItemUpsert
+from stream.connection import Cluster
 
 __all__ = ["ItemMatrix", "ItemVector", "text_digest"]
 
@@ -181,7 +182,7 @@ def encode_upserts(encoder, upserts: list[ItemUpsert]) -> list[ItemVector]:
 
 
 async def follow_item_vectors(
-    bootstrap: str, topic: str, matrix: ItemMatrix, loaded, catalog_encoded, ready
+    cluster: Cluster, topic: str, matrix: ItemMatrix, loaded, catalog_encoded, ready
 ) -> None:
     """Keep `matrix` equal to the item-vectors topic, forever.
 
@@ -193,11 +194,8 @@ async def follow_item_vectors(
     A plain consumer outside the consumer group, on every partition: every worker needs every
     item, and Faust's GlobalTable loops in recovery with several workers (faust #283).
     """
-    from aiokafka import AIOKafkaConsumer
-
-    consumer = AIOKafkaConsumer(
+    consumer = cluster.aio_consumer(
         topic,
-        bootstrap_servers=bootstrap,
         group_id=None,  # no group: all partitions, read from the beginning, nothing committed
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -221,16 +219,16 @@ async def follow_item_vectors(
         await consumer.stop()
 
 
-def catalog_backlog_encoded(bootstrap: str, group: str, topic: str):
+def catalog_backlog_encoded(cluster: Cluster, group: str, topic: str):
     """A check that the consumer group has committed the catalog topic up to its end offsets
     as of the first call, i.e. that every catalog message present at start is encoded."""
-    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    consumer = cluster.consumer(group_id=None)
     partitions = consumer.partitions_for_topic(topic) or set()
     end = consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
     consumer.close()
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = cluster.admin()
 
     def encoded() -> bool:
         committed = admin.list_group_offsets({group: list(end)}).get(group, {})

@@ -40,10 +40,13 @@ def terminate(process: subprocess.Popen, timeout: float = 30.0) -> int:
     return process.returncode
 
 
-def get_json(url: str, timeout: float = 5.0) -> tuple[int, dict | None]:
-    """GET a JSON document; (status, body), or (0, None) when nothing answers."""
+def get_json(url: str, timeout: float = 5.0, token: str | None = None) -> tuple[int, dict | None]:
+    """GET a JSON document (with a bearer token if given); (status, body), or (0, None) when
+    nothing answers."""
+    headers = {} if token is None else {"Authorization": f"Bearer {token}"}
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        request = urllib.request.Request(url, headers=headers)
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         try:

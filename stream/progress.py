@@ -26,8 +26,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from kafka import KafkaConsumer, TopicPartition
-from kafka.admin import KafkaAdminClient
+from kafka import TopicPartition
+
+from stream.connection import Cluster
 
 __all__ = ["HoleReader", "LostTails", "Progress", "ProgressStore", "Record", "holes", "span"]
 
@@ -200,12 +201,10 @@ class HoleReader:
     Blocking kafka-python calls: run them in a worker thread.
     """
 
-    def __init__(self, bootstrap: str, topic: str, group: str):
+    def __init__(self, cluster: Cluster, topic: str, group: str):
         self.topic, self.group = topic, group
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
-        )
-        self._admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        self._consumer = cluster.consumer(group_id=None, enable_auto_commit=False)
+        self._admin = cluster.admin()
 
     def start(self, partition: int) -> int:
         """Where the group starts reading `partition`: its committed offset, else the log start

@@ -13,7 +13,6 @@ from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
 from pathlib import Path
 
-from kafka import KafkaConsumer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 from pydantic import ValidationError
@@ -128,10 +127,10 @@ def run(args: argparse.Namespace) -> int:
             return 2
     quiet_kafka_logs()
     settings = Settings.from_env()
+    settings.cluster.check()  # a refused connection ends here, with its cause
     try:
-        consumer = KafkaConsumer(
+        consumer = settings.cluster.consumer(
             settings.updates_topic,
-            bootstrap_servers=settings.bootstrap,
             client_id="currents-tail",
             group_id=None,
             enable_auto_commit=False,
@@ -158,6 +157,8 @@ def run(args: argparse.Namespace) -> int:
 def _decoded(records: Iterable[ConsumerRecord]) -> Iterator[InterestUpdate]:
     """The records that are InterestUpdates; a warning on stderr for each one that is not."""
     for record in records:
+        if record.value is None:  # a forgotten user's tombstone (currents forget)
+            continue
         try:
             yield InterestUpdate.model_validate_json(record.value)
         except ValidationError as error:

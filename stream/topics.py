@@ -67,7 +67,7 @@ def ensure_changelog_topics(settings: Settings, names: list[str]) -> list[str]:
 
 
 def _ensure(settings: Settings, specs: dict[str, dict[str, str]]) -> list[str]:
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id="currents-admin")
+    admin = settings.cluster.admin(client_id="currents-admin")
     try:
         existing = set(admin.list_topics())
         missing = [

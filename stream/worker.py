@@ -8,6 +8,7 @@ Faust's private API is reached only through stream/faust_compat.py.
 
 import asyncio
 import gc
+import hmac
 import logging
 import os
 import time
@@ -18,6 +19,7 @@ from typing import Protocol
 import faust
 import torch
 from aiokafka.errors import IllegalStateError
+from pydantic import SecretStr
 
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.encoder import ItemEncoder, item_text
@@ -43,7 +45,7 @@ from stream.progress import HoleReader, LostTails, Progress, Record, span
 from stream.records import dead_letter
 from stream.settings import Settings
 
-__all__ = ["EXIT_FATAL", "Bounds", "Worker", "load_model"]
+__all__ = ["EXIT_FATAL", "Bounds", "Worker", "bearer_authorized", "load_model"]
 
 log = logging.getLogger(__name__)
 EXIT_FATAL = 70  # a batch failed for a reason that is not its input: exit before it is acked
@@ -138,7 +140,7 @@ class Worker:
         settings = self.settings
         try:
             encoded = await loop.run_in_executor(
-                None, catalog_backlog_encoded, settings.bootstrap, settings.app_id,
+                None, catalog_backlog_encoded, settings.cluster, settings.app_id,
                 settings.catalog_topic,
             )  # fmt: skip
 
@@ -149,7 +151,7 @@ class Worker:
                 return await loop.run_in_executor(None, encoded)
 
             await follow_item_vectors(
-                settings.bootstrap, settings.item_vectors_topic, self.items,
+                settings.cluster, settings.item_vectors_topic, self.items,
                 self.items_loaded, catalog_encoded, self.items_ready,
             )  # fmt: skip
         except Exception:
@@ -308,10 +310,18 @@ class Worker:
         for outcome in outcomes:
             user = outcome.user_id.encode()
             with in_partition_of(contexts[outcome.last.partition]):
-                self.user_states[user] = outcome.record
+                if outcome.forgotten and user in self.user_states:
+                    del self.user_states[user]  # from the store, and a changelog tombstone
+                if outcome.record is not None:
+                    self.user_states[user] = outcome.record
             sends[outcome.last.partition] += self.user_states.take_sends()  # its changelog record
+            if outcome.forgotten:  # downstream and compacted copies drop theirs
+                updates.append((user, None))
+                self.metrics.erasures.inc()
             updates += [(user, update) for update in outcome.updates]
-            self.metrics.update_latency.observe(max(0.0, time.time() - outcome.last.appended_at))
+            if outcome.updates:
+                latency = time.time() - outcome.last.appended_at
+                self.metrics.update_latency.observe(max(0.0, latency))
             self.metrics.events.inc(outcome.applied)
         # Faust's per-message path costs three times as much per record (faust_compat.py)
         delivered = await publish_batches(self.app, self.settings.updates_topic, updates)
@@ -343,9 +353,7 @@ class Worker:
     def _reader(self) -> HoleReader:
         if self._hole_reader is None:
             settings = self.settings
-            self._hole_reader = HoleReader(
-                settings.bootstrap, settings.events_topic, settings.app_id
-            )
+            self._hole_reader = HoleReader(settings.cluster, settings.events_topic, settings.app_id)
         return self._hole_reader
 
     # --- progress, the consumer, rebalances ---------------------------------------------------
@@ -456,6 +464,16 @@ class Worker:
                 self.metrics.lag.labels(str(tp.partition)).set(max(0, end - done))
         self.metrics.items.set(len(self.items))
         return self.metrics.render()
+
+
+def bearer_authorized(header: str | None, token: SecretStr | None) -> bool:
+    """Whether an Authorization header carries `token` (any header does when there is none).
+    Compared in constant time: how long a wrong guess takes says nothing of the token."""
+    if token is None:
+        return True
+    scheme, _, given = (header or "").partition(" ")
+    expected = token.get_secret_value().encode()
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected)
 
 
 def _record(event) -> Record:
