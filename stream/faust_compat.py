@@ -35,6 +35,9 @@ The worker needs a few things Faust 0.15 does not offer:
     CPU per event went to those tasks (docs/benchmarks.md).
 - **No terminal spinner** (`create_worker`) and **recovery state** (`tables_restored`,
   `steady`).
+- **A bounded stop** (`create_worker`): Faust's stop can wait forever (for in-flight events
+  while Kafka is away, for a thread encoding the catalog); a signal's stop ends the process
+  within `STOP_DEADLINE` seconds.
 
 Importing this module checks the installed versions: another faust or aiokafka may have moved
 any of these internals, so it refuses to run on one it was not tested with.
@@ -42,7 +45,11 @@ any of these internals, so it refuses to run on one it was not tested with.
 
 import functools
 import importlib.metadata
+import logging
+import os
 import re
+import signal
+import threading
 import types
 import weakref
 from collections.abc import Coroutine, Generator, Iterator
@@ -55,6 +62,7 @@ from mode.services import WaitResults
 
 __all__ = [
     "FETCH_MAX_WAIT_MS",
+    "STOP_DEADLINE",
     "SUPPORTED",
     "AckedTable",
     "UnsupportedVersion",
@@ -200,12 +208,42 @@ async def load_partition_metadata(app: faust.App, table) -> None:
 
 
 def create_worker(app: faust.App, loglevel: str, quiet: bool = False) -> faust.Worker:
-    """A Faust worker without its terminal spinner: to spin on every log line, it sets the root
-    logger to DEBUG, and every library then formats every debug line (aiokafka one per message
-    produced), 4-6 % of a busy worker's time."""
-    worker = faust.Worker(app, loglevel=loglevel, quiet=quiet)
+    """A Faust worker without its terminal spinner (to spin on every log line, it sets the root
+    logger to DEBUG, and every library then formats every debug line, aiokafka one per message
+    produced: 4-6 % of a busy worker's time), and whose stop on SIGTERM or SIGINT is bounded."""
+    worker = _BoundedStopWorker(app, loglevel=loglevel, quiet=quiet)
     worker.spinner = None
     return worker
+
+
+STOP_DEADLINE = 20.0  # seconds a stop may take before the process ends regardless
+EXIT_STOP_OVERDUE = 128 + signal.SIGTERM  # as if the signal had ended it
+
+
+class _BoundedStopWorker(faust.Worker):
+    """A stop asked for by a signal ends the process within STOP_DEADLINE seconds.
+
+    Faust's stop can wait without bound: for in-flight events to be acked (`wait_empty`) while
+    Kafka is away, for the consumer's last commit, or (at the interpreter's exit) for a thread
+    still encoding a catalog. Ending the process then loses nothing: progress is recorded only
+    for outputs Kafka has acknowledged (stream/progress.py), and the rest is processed again at
+    the next start."""
+
+    def _schedule_shutdown(self, signal: signal.Signals) -> None:
+        if not self._signal_stop_time:
+            timer = threading.Timer(STOP_DEADLINE, _stop_overdue, (signal.name,))
+            timer.daemon = True
+            timer.start()
+        super()._schedule_shutdown(signal)
+
+
+def _stop_overdue(name: str) -> None:
+    logging.getLogger(__name__).critical(
+        "%s: the stop did not finish within %.0f s; ending the process (exit code %d)",
+        name, STOP_DEADLINE, EXIT_STOP_OVERDUE,
+    )  # fmt: skip
+    logging.shutdown()
+    os._exit(EXIT_STOP_OVERDUE)
 
 
 # --- the consumer ---------------------------------------------------------------------------

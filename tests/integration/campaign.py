@@ -1,0 +1,150 @@
+"""The fault campaign's tools: a paced stream that outlives broker outages, and the exact check.
+
+A stream's outcome is checked against the model itself, not against another worker's run: per
+user, the state the model reaches stepping the user's events once each, in order. The worker's
+states are read from the state table's changelog (the last record per user), which is what a
+restarted or new worker restores, whichever worker wrote it. Used by tests/integration and by
+bench/faults.py.
+"""
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from model.checkpoint import load_checkpoint
+from model.config import event_type_index
+from model.encoder import ItemEncoder, item_text
+from stream.produce import paced
+from stream.records import RECENT, UserRecord
+from stream.topics import changelog_topic, state_tables
+
+
+class PacedStream(threading.Thread):
+    """Sends records at a rate, riding out broker outages (the producer retries for up to
+    `patience` seconds); `sent` counts those sent so far, `errors` holds failed deliveries."""
+
+    def __init__(self, bootstrap: str, topic: str, records, rate: float, patience: float = 600):
+        super().__init__(daemon=True)
+        self.bootstrap, self.topic, self.records, self.rate = bootstrap, topic, records, rate
+        self.patience_ms = int(patience * 1000)
+        self.sent, self.errors, self.started_at = 0, [], None
+
+    def run(self) -> None:
+        producer = KafkaProducer(
+            bootstrap_servers=self.bootstrap, acks="all", linger_ms=5,
+            delivery_timeout_ms=self.patience_ms, max_block_ms=self.patience_ms,
+        )  # fmt: skip
+        self.started_at = time.monotonic()
+        futures = []
+        for key, value in paced(self.records, self.rate):
+            futures.append(producer.send(self.topic, key=key, value=value))
+            self.sent += 1
+        producer.flush()
+        producer.close()
+        self.errors = [f.exception for f in futures if f.failed()]
+
+    def elapsed(self) -> float:
+        return 0.0 if self.started_at is None else time.monotonic() - self.started_at
+
+    def finish(self, timeout: float = 600) -> None:
+        self.join(timeout)
+        assert not self.is_alive(), "the producer did not finish"
+        assert not self.errors, f"{len(self.errors)} events not produced: {self.errors[:3]}"
+
+
+@dataclass
+class Reference:
+    """Per user, what an uninterrupted run ends with: events applied, their ids, the state."""
+
+    counts: dict[str, int]
+    recent: dict[str, tuple[str, ...]]
+    states: dict[str, object] = field(repr=False)
+
+
+def reference(checkpoint_path, catalog, cache, events) -> Reference:
+    """Step the model over every user's events once, in order (model/interest.py)."""
+    ckpt = load_checkpoint(checkpoint_path)
+    ids = [item.item_id for item in catalog]
+    texts = [item_text(i.item_id, i.title, i.description, i.categories) for i in catalog]
+    vectors = torch.from_numpy(ItemEncoder(ckpt.encoder_name, cache).encode(texts))
+    by_user: dict[str, list] = {}
+    for event in events:
+        by_user.setdefault(event.user_id, []).append(event)
+    states = {}
+    with torch.inference_mode():
+        reps = ckpt.model.item_representations(vectors, ckpt.warm_indices(ids))
+        for user, mine in by_user.items():
+            state = ckpt.model.fresh_state(1)
+            for event in mine:
+                state, _ = ckpt.model.step(
+                    state,
+                    reps[[ids.index(event.item_id)]],
+                    torch.tensor([event_type_index(event.event_type.value)]),
+                    torch.tensor([event.timestamp.timestamp()], dtype=torch.float64),
+                )
+            states[user] = state
+    return Reference(
+        counts={user: len(mine) for user, mine in by_user.items()},
+        recent={user: tuple(e.event_id for e in mine)[-RECENT:] for user, mine in by_user.items()},
+        states=states,
+    )
+
+
+def changelog_states(settings, checkpoint_path, timeout: float = 30) -> dict[str, UserRecord]:
+    """The last record of every user in the state table's changelog."""
+    version = load_checkpoint(checkpoint_path).version
+    topic = changelog_topic(settings.app_id, state_tables(version)[0])
+    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning()
+        end = consumer.end_offsets(partitions)
+        latest: dict[str, UserRecord] = {}
+        deadline = time.monotonic() + timeout
+        while any(consumer.position(tp) < end[tp] for tp in partitions):
+            assert time.monotonic() < deadline, "the changelog could not be read to its end"
+            for records in consumer.poll(timeout_ms=500).values():
+                for record in records:
+                    latest[record.key.decode()] = UserRecord.from_bytes(record.value)
+        return latest
+    finally:
+        consumer.close()
+
+
+def applied_counts(settings, checkpoint_path) -> dict[str, int]:
+    """Events applied per user, as the changelog has them."""
+    ckpt = load_checkpoint(checkpoint_path)
+    return {
+        user: int(ckpt.decode_states([record.state]).count[0])
+        for user, record in changelog_states(settings, checkpoint_path).items()
+    }
+
+
+def wait_until_exact(settings, checkpoint_path, expected: Reference, timeout: float, what: str):
+    """Wait until the changelog has every user's events applied; then check it is exact."""
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = applied_counts(settings, checkpoint_path)
+        if counts == expected.counts or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    assert_exact(settings, checkpoint_path, expected, what)
+
+
+def assert_exact(settings, checkpoint_path, expected: Reference, what: str) -> None:
+    """Every event applied exactly once, in order, with the states of an uninterrupted run."""
+    ckpt = load_checkpoint(checkpoint_path)
+    got = changelog_states(settings, checkpoint_path)
+    counts = {user: int(ckpt.decode_states([r.state]).count[0]) for user, r in got.items()}
+    lost = sum(max(0, n - counts.get(user, 0)) for user, n in expected.counts.items())
+    twice = sum(max(0, n - expected.counts.get(user, 0)) for user, n in counts.items())
+    assert (lost, twice) == (0, 0), f"{what}: {lost} events lost, {twice} applied twice"
+    for user, record in got.items():
+        assert record.recent_events == expected.recent[user], f"{what}: {user} out of order"
+        state, want = ckpt.decode_states([record.state]), expected.states[user]
+        for name in ("h", "c", "ring", "interest"):
+            assert torch.allclose(getattr(state, name), getattr(want, name), atol=1e-5), name
