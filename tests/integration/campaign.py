@@ -124,12 +124,17 @@ def applied_counts(settings, checkpoint_path) -> dict[str, int]:
     }
 
 
-def wait_until_exact(settings, checkpoint_path, expected: Reference, timeout: float, what: str):
-    """Wait until the changelog has every user's events applied; then check it is exact."""
+def wait_until_exact(
+    settings, checkpoint_path, expected: Reference, timeout: float, what: str, alive=None
+):
+    """Wait until the changelog has every user's events applied (or `alive()` is false); then
+    check it is exact."""
     deadline = time.monotonic() + timeout
     while True:
         counts = applied_counts(settings, checkpoint_path)
         if counts == expected.counts or time.monotonic() > deadline:
+            break
+        if alive is not None and not alive():
             break
         time.sleep(1.0)
     assert_exact(settings, checkpoint_path, expected, what)
@@ -148,3 +153,33 @@ def assert_exact(settings, checkpoint_path, expected: Reference, what: str) -> N
         state, want = ckpt.decode_states([record.state]), expected.states[user]
         for name in ("h", "c", "ring", "interest"):
             assert torch.allclose(getattr(state, name), getattr(want, name), atol=1e-5), name
+
+
+def kill_at_random(workers, kills: int, duration: float, rng, say=print) -> list[float]:
+    """SIGKILL a random worker at `kills` random moments within `duration` seconds, keeping
+    every worker's supervisor (stream/processes.Supervisor) checked meanwhile, so that each
+    killed worker is started again; returns the moments of the kills."""
+    moments = sorted(rng.uniform(0.05, 0.95) * duration for _ in range(kills))
+    started = time.monotonic()
+    for moment in moments:
+        while time.monotonic() - started < moment:
+            for worker in workers:
+                worker.check()
+            time.sleep(0.1)
+        victim = rng.choice(workers)
+        if victim.process.poll() is None:
+            victim.process.kill()
+            say(f"{time.monotonic() - started:6.1f} s: SIGKILL worker pid {victim.process.pid}")
+    return moments
+
+
+def supervise_until(workers, condition, timeout: float) -> bool:
+    """Keep the supervisors checked until `condition()` holds (True) or `timeout` (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for worker in workers:
+            worker.check()
+        if condition():
+            return True
+        time.sleep(1.0)
+    return False
