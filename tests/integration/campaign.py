@@ -17,6 +17,7 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from model.checkpoint import load_checkpoint
 from model.config import event_type_index
 from model.encoder import ItemEncoder, item_text
+from stream.processes import get_json
 from stream.produce import paced
 from stream.records import RECENT, UserRecord
 from stream.topics import changelog_topic, state_tables
@@ -161,16 +162,26 @@ def kill_at_random(workers, kills: int, duration: float, rng, say=print) -> list
     killed worker is started again; returns the moments of the kills."""
     moments = sorted(rng.uniform(0.05, 0.95) * duration for _ in range(kills))
     started = time.monotonic()
-    for moment in moments:
+    for moment in [*moments, duration]:
         while time.monotonic() - started < moment:
             for worker in workers:
                 worker.check()
             time.sleep(0.1)
         victim = rng.choice(workers)
-        if victim.process.poll() is None:
+        if moment < duration and victim.process.poll() is None:
             victim.process.kill()
             say(f"{time.monotonic() - started:6.1f} s: SIGKILL worker pid {victim.process.pid}")
     return moments
+
+
+def wait_ready(workers, timeout: float = 180) -> None:
+    """Wait until every supervised worker serves `ready` (item matrix loaded, tables restored)."""
+
+    def ready(worker) -> bool:
+        url = f"http://127.0.0.1:{worker.settings.web_port}/health"
+        return bool((get_json(url, timeout=2)[1] or {}).get("ready"))
+
+    assert supervise_until(workers, lambda: all(map(ready, workers)), timeout), "not ready"
 
 
 def supervise_until(workers, condition, timeout: float) -> bool:

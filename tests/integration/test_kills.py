@@ -11,6 +11,7 @@ from campaign import (
     kill_at_random,
     reference,
     supervise_until,
+    wait_ready,
 )
 from support import behaviour, keyed
 
@@ -36,6 +37,7 @@ def test_three_workers_killed_at_random_and_restarted_apply_every_event_once(
         Supervisor(s, tmp_path / f"worker-{n}.log", say=print) for n, s in enumerate(settings)
     ]
     try:
+        wait_ready(workers)
         stream = PacedStream(
             engine_settings.bootstrap, engine_settings.events_topic, keyed(events, "user_id"), RATE
         )
