@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -41,6 +42,7 @@ from campaign import (  # noqa: E402
 )
 from throughput import git_sha, machine, untrained_checkpoint  # noqa: E402
 
+from schemas import BehaviorEvent, EventType  # noqa: E402
 from stream.demo_data import demo_catalog, demo_events  # noqa: E402
 from stream.local_kafka import LocalKafka, free_port  # noqa: E402
 from stream.processes import Supervisor, get_json  # noqa: E402
@@ -140,15 +142,27 @@ def run_kills(settings: Settings, catalog, args, work: Path) -> dict:
     }
 
 
+def soak_records(catalog, total: int, users: int = 2000, seed: int = 0):
+    """`total` events of random users and items, made as they are sent (millions of them)."""
+    rng = random.Random(seed)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    for n in range(total):
+        event = BehaviorEvent(
+            event_id=f"soak-{n}", user_id=f"user-{rng.randrange(users)}",
+            item_id=rng.choice(catalog).item_id, event_type=rng.choice(list(EventType)),
+            timestamp=start + timedelta(milliseconds=n),
+        )  # fmt: skip
+        yield event.user_id.encode(), event.model_dump_json().encode()
+
+
 def run_soak(settings: Settings, catalog, args, work: Path) -> dict:
     total = int(args.rate * args.minutes * 60)
-    users = 2000
-    events = demo_events(catalog, users, max(1, total // users), 0)
     worker = Supervisor(settings, work / "worker-0.log", say=print)
     rows = []
     try:
         _wait_ready(worker, 300)
-        stream = PacedStream(settings.bootstrap, settings.events_topic, _keyed(events), args.rate)
+        records = soak_records(catalog, total)
+        stream = PacedStream(settings.bootstrap, settings.events_topic, records, args.rate)
         stream.start()
         url = f"http://127.0.0.1:{settings.web_port}/metrics"
         before, lag, window_started = _latency_buckets(url), 0.0, time.monotonic()
@@ -169,7 +183,7 @@ def run_soak(settings: Settings, catalog, args, work: Path) -> dict:
         stream.finish()
     finally:
         worker.stop()
-    return {"events": len(events), "windows": rows}
+    return {"events": total, "windows": rows}
 
 
 class TimedSupervisor(Supervisor):

@@ -39,13 +39,11 @@ class PacedStream(threading.Thread):
             delivery_timeout_ms=self.patience_ms, max_block_ms=self.patience_ms,
         )  # fmt: skip
         self.started_at = time.monotonic()
-        futures = []
         for key, value in paced(self.records, self.rate):
-            futures.append(producer.send(self.topic, key=key, value=value))
+            producer.send(self.topic, key=key, value=value).add_errback(self.errors.append)
             self.sent += 1
         producer.flush()
         producer.close()
-        self.errors = [f.exception for f in futures if f.failed()]
 
     def elapsed(self) -> float:
         return 0.0 if self.started_at is None else time.monotonic() - self.started_at
@@ -66,7 +64,8 @@ class Reference:
 
 
 def reference(checkpoint_path, catalog, cache, events) -> Reference:
-    """Step the model over every user's events once, in order (model/interest.py)."""
+    """Step the model over every user's events once, in order (model/interest.py): users' k-th
+    events in one batch, as rows are independent."""
     ckpt = load_checkpoint(checkpoint_path)
     ids = [item.item_id for item in catalog]
     texts = [item_text(i.item_id, i.title, i.description, i.categories) for i in catalog]
@@ -74,23 +73,26 @@ def reference(checkpoint_path, catalog, cache, events) -> Reference:
     by_user: dict[str, list] = {}
     for event in events:
         by_user.setdefault(event.user_id, []).append(event)
-    states = {}
+    users = list(by_user)
+    row_of = {item_id: n for n, item_id in enumerate(ids)}
     with torch.inference_mode():
         reps = ckpt.model.item_representations(vectors, ckpt.warm_indices(ids))
-        for user, mine in by_user.items():
-            state = ckpt.model.fresh_state(1)
-            for event in mine:
-                state, _ = ckpt.model.step(
-                    state,
-                    reps[[ids.index(event.item_id)]],
-                    torch.tensor([event_type_index(event.event_type.value)]),
-                    torch.tensor([event.timestamp.timestamp()], dtype=torch.float64),
-                )
-            states[user] = state
+        states = ckpt.model.fresh_state(len(users))
+        for k in range(max(map(len, by_user.values()))):
+            rows = [n for n, user in enumerate(users) if len(by_user[user]) > k]
+            kth = [by_user[users[n]][k] for n in rows]
+            index = torch.tensor(rows)
+            stepped, _ = ckpt.model.step(
+                states.select(index),
+                reps[[row_of[e.item_id] for e in kth]],
+                torch.tensor([event_type_index(e.event_type.value) for e in kth]),
+                torch.tensor([e.timestamp.timestamp() for e in kth], dtype=torch.float64),
+            )
+            states.assign(index, stepped)
     return Reference(
         counts={user: len(mine) for user, mine in by_user.items()},
         recent={user: tuple(e.event_id for e in mine)[-RECENT:] for user, mine in by_user.items()},
-        states=states,
+        states={user: states.select(torch.tensor([n])) for n, user in enumerate(users)},
     )
 
 
