@@ -35,6 +35,8 @@ The worker needs a few things Faust 0.15 does not offer:
     CPU per event went to those tasks (docs/benchmarks.md).
 - **No terminal spinner** (`create_worker`) and **recovery state** (`tables_restored`,
   `steady`).
+- **Paced metadata retries** (`pace_failed_metadata_updates`): aiokafka retried a failed
+  metadata update at once, thousands of times a second while a broker was away.
 - **A bounded stop** (`create_worker`): Faust's stop can wait forever (for in-flight events
   while Kafka is away, for a thread encoding the catalog); a signal's stop ends the process
   within `STOP_DEADLINE` seconds.
@@ -43,6 +45,7 @@ Importing this module checks the installed versions: another faust or aiokafka m
 any of these internals, so it refuses to run on one it was not tested with.
 """
 
+import asyncio
 import functools
 import importlib.metadata
 import logging
@@ -57,6 +60,7 @@ from contextlib import contextmanager
 
 import faust
 import faust.streams
+from aiokafka.client import AIOKafkaClient
 from aiokafka.partitioner import DefaultPartitioner
 from mode.services import WaitResults
 
@@ -72,6 +76,7 @@ __all__ = [
     "fetch_min_bytes",
     "in_partition_of",
     "load_partition_metadata",
+    "pace_failed_metadata_updates",
     "publish_batches",
     "set_fetch_min_bytes",
     "steady",
@@ -211,9 +216,36 @@ def create_worker(app: faust.App, loglevel: str, quiet: bool = False) -> faust.W
     """A Faust worker without its terminal spinner (to spin on every log line, it sets the root
     logger to DEBUG, and every library then formats every debug line, aiokafka one per message
     produced: 4-6 % of a busy worker's time), and whose stop on SIGTERM or SIGINT is bounded."""
+    pace_failed_metadata_updates()
     worker = _BoundedStopWorker(app, loglevel=loglevel, quiet=quiet)
     worker.spinner = None
     return worker
+
+
+METADATA_RETRY_SECONDS = 0.5  # between metadata requests while no broker answers
+
+
+def pace_failed_metadata_updates() -> None:
+    """Make every aiokafka client wait between failed metadata updates (idempotent).
+
+    While no broker answers, aiokafka's producer sender (partitions without a leader) and
+    fetcher (invalid metadata) each ask for a metadata update and wait for it in a loop, and a
+    failed update answers at once: two loops spinning, thousands of connection attempts and
+    error lines a second for as long as the outage lasts. A failed update now returns after
+    `METADATA_RETRY_SECONDS`, which paces every such loop; a successful one is not delayed."""
+    if getattr(AIOKafkaClient._metadata_update, "paced", False):
+        return
+    update = AIOKafkaClient._metadata_update
+
+    @functools.wraps(update)
+    async def paced(self, cluster_metadata, topics):
+        updated = await update(self, cluster_metadata, topics)
+        if not updated:
+            await asyncio.sleep(METADATA_RETRY_SECONDS)
+        return updated
+
+    paced.paced = True
+    AIOKafkaClient._metadata_update = paced
 
 
 STOP_DEADLINE = 20.0  # seconds a stop may take before the process ends regardless

@@ -96,66 +96,87 @@ def reference(checkpoint_path, catalog, cache, events) -> Reference:
     )
 
 
-def changelog_states(settings, checkpoint_path, timeout: float = 30) -> dict[str, UserRecord]:
-    """The last record of every user in the state table's changelog."""
-    version = load_checkpoint(checkpoint_path).version
-    topic = changelog_topic(settings.app_id, state_tables(version)[0])
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False)
-    try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning()
-        end = consumer.end_offsets(partitions)
-        latest: dict[str, UserRecord] = {}
+class Changelog:
+    """The state table's changelog as read so far: the last record of every user. Each `read`
+    goes on from where the last one stopped, so that waiting on a long stream stays cheap."""
+
+    def __init__(self, settings, checkpoint_path):
+        self.checkpoint = load_checkpoint(checkpoint_path)
+        self.bootstrap = settings.bootstrap
+        self.topic = changelog_topic(settings.app_id, state_tables(self.checkpoint.version)[0])
+        self.consumer = None
+        self.latest: dict[str, UserRecord] = {}
+
+    def read(self, timeout: float = 120) -> dict[str, UserRecord]:
+        """Every record up to the changelog's current end."""
+        if self.consumer is None:
+            self.consumer = KafkaConsumer(bootstrap_servers=self.bootstrap)
+            partitions = self.consumer.partitions_for_topic(self.topic) or set()
+            self.consumer.assign([TopicPartition(self.topic, p) for p in partitions])
+            self.consumer.seek_to_beginning()
+        assigned = self.consumer.assignment()
+        end = self.consumer.end_offsets(list(assigned))
         deadline = time.monotonic() + timeout
-        while any(consumer.position(tp) < end[tp] for tp in partitions):
+        while any(self.consumer.position(tp) < end[tp] for tp in assigned):
             assert time.monotonic() < deadline, "the changelog could not be read to its end"
-            for records in consumer.poll(timeout_ms=500).values():
+            for records in self.consumer.poll(timeout_ms=500).values():
                 for record in records:
-                    latest[record.key.decode()] = UserRecord.from_bytes(record.value)
-        return latest
-    finally:
-        consumer.close()
+                    self.latest[record.key.decode()] = UserRecord.from_bytes(record.value)
+        return self.latest
 
+    def counts(self) -> dict[str, int]:
+        """Events applied per user."""
+        return {user: self.applied(record) for user, record in self.read().items()}
 
-def applied_counts(settings, checkpoint_path) -> dict[str, int]:
-    """Events applied per user, as the changelog has them."""
-    ckpt = load_checkpoint(checkpoint_path)
-    return {
-        user: int(ckpt.decode_states([record.state]).count[0])
-        for user, record in changelog_states(settings, checkpoint_path).items()
-    }
+    def applied(self, record: UserRecord) -> int:
+        return int(self.checkpoint.decode_states([record.state]).count[0])
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close()
 
 
 def wait_until_exact(
     settings, checkpoint_path, expected: Reference, timeout: float, what: str, alive=None
-):
+) -> None:
     """Wait until the changelog has every user's events applied (or `alive()` is false); then
     check it is exact."""
-    deadline = time.monotonic() + timeout
-    while True:
-        counts = applied_counts(settings, checkpoint_path)
-        if counts == expected.counts or time.monotonic() > deadline:
-            break
-        if alive is not None and not alive():
-            break
-        time.sleep(1.0)
-    assert_exact(settings, checkpoint_path, expected, what)
+    changelog = Changelog(settings, checkpoint_path)
+    try:
+        deadline = time.monotonic() + timeout
+        while changelog.counts() != expected.counts and time.monotonic() < deadline:
+            if alive is not None and not alive():
+                break
+            time.sleep(1.0)
+        assert_exact(changelog, expected, what)
+    finally:
+        changelog.close()
 
 
-def assert_exact(settings, checkpoint_path, expected: Reference, what: str) -> None:
-    """Every event applied exactly once, in order, with the states of an uninterrupted run."""
-    ckpt = load_checkpoint(checkpoint_path)
-    got = changelog_states(settings, checkpoint_path)
-    counts = {user: int(ckpt.decode_states([r.state]).count[0]) for user, r in got.items()}
-    lost = sum(max(0, n - counts.get(user, 0)) for user, n in expected.counts.items())
-    twice = sum(max(0, n - expected.counts.get(user, 0)) for user, n in counts.items())
-    assert (lost, twice) == (0, 0), f"{what}: {lost} events lost, {twice} applied twice"
+def tally(changelog: Changelog, expected: Reference) -> dict[str, int]:
+    """Against an uninterrupted run: events lost, events applied twice, users whose recent
+    events or state differ."""
+    got = changelog.read()
+    counts = {user: changelog.applied(record) for user, record in got.items()}
+    differ = 0
     for user, record in got.items():
-        assert record.recent_events == expected.recent[user], f"{what}: {user} out of order"
-        state, want = ckpt.decode_states([record.state]), expected.states[user]
-        for name in ("h", "c", "ring", "interest"):
-            assert torch.allclose(getattr(state, name), getattr(want, name), atol=1e-5), name
+        state = changelog.checkpoint.decode_states([record.state])
+        same = record.recent_events == expected.recent.get(user) and all(
+            torch.allclose(getattr(state, name), getattr(expected.states[user], name), atol=1e-5)
+            for name in ("h", "c", "ring", "interest")
+        )
+        differ += not same
+    return {
+        "lost": sum(max(0, n - counts.get(user, 0)) for user, n in expected.counts.items()),
+        "applied_twice": sum(max(0, n - expected.counts.get(u, 0)) for u, n in counts.items()),
+        "states_differ": differ,
+    }
+
+
+def assert_exact(changelog: Changelog, expected: Reference, what: str) -> None:
+    """Every event applied exactly once, in order, with the states of an uninterrupted run."""
+    found = tally(changelog, expected)
+    assert found == {"lost": 0, "applied_twice": 0, "states_differ": 0}, f"{what}: {found}"
 
 
 def kill_at_random(workers, kills: int, duration: float, rng, say=print) -> list[float]:

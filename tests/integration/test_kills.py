@@ -5,8 +5,8 @@ campaign (ten kills over minutes) is bench/faults.py kills."""
 import random
 
 from campaign import (
+    Changelog,
     PacedStream,
-    applied_counts,
     assert_exact,
     kill_at_random,
     reference,
@@ -44,9 +44,10 @@ def test_three_workers_killed_at_random_and_restarted_apply_every_event_once(
         stream.start()
         kill_at_random(workers, KILLS, SECONDS, rng)
         stream.finish()
-        done = lambda: applied_counts(engine_settings, checkpoint_path) == expected.counts  # noqa: E731
-        supervise_until(workers, done, 240)
-        assert_exact(engine_settings, checkpoint_path, expected, f"{KILLS} kills")
+        changelog = Changelog(engine_settings, checkpoint_path)
+        supervise_until(workers, lambda: changelog.counts() == expected.counts, 240)
+        assert_exact(changelog, expected, f"{KILLS} kills")
+        changelog.close()
         assert sum(w.restarts for w in workers) == KILLS
     finally:
         for worker in workers:
