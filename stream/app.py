@@ -93,6 +93,10 @@ def _timers_and_signals(app: faust.App, worker: Worker, bounds: Bounds | None) -
     async def refetch_lost_tails():
         await worker.refetch_lost_tails()
 
+    @app.timer(5.0)
+    async def watch_broker():
+        await worker.watch_broker()
+
     if bounds is not None:
 
         @app.timer(0.5)

@@ -17,7 +17,7 @@ from pathlib import Path
 from schemas import InterestUpdate
 from stream.demo_data import demo_catalog, demo_events, describe_drift, write_demo_dataset
 from stream.local_kafka import single_node
-from stream.processes import get_json, spawn_worker, terminate, wait_for
+from stream.processes import Supervisor, get_json, wait_for
 from stream.produce import paced, quiet_kafka_logs
 from stream.settings import Settings
 from stream.tail import format_update
@@ -59,12 +59,15 @@ def run_demo(args: argparse.Namespace) -> int:
         publish_catalog(producer, settings, catalog)
 
         worker_log = DEMO_DIR / "worker.log"
-        worker = spawn_worker(settings, worker_log)
-        print(f"Started a worker (pid {worker.pid}, log {worker_log}); it encodes the catalog ...")
+        worker = Supervisor(settings, worker_log, say=lambda line: print(line, flush=True))
+        print(
+            f"Started a worker (pid {worker.process.pid}, log {worker_log}); it encodes the "
+            "catalog ..."
+        )
         health = f"http://{settings.web_host}:{settings.web_port}/health"
         wait_for(
             lambda: stopping.is_set() or (get_json(health)[1] or {}).get("ready"),
-            300, what="worker ready", process=worker,
+            300, what="worker ready", process=worker.process,
         )  # fmt: skip
         featured = f"user-{min(7, args.users - 1)}"
         print(
@@ -83,7 +86,7 @@ def run_demo(args: argparse.Namespace) -> int:
     finally:
         print("Stopping ...", flush=True)
         if worker is not None:
-            terminate(worker)
+            worker.stop()
         if kafka is not None:
             kafka.stop()
         print("Stopped.")
@@ -134,7 +137,8 @@ def stream_events(producer, settings: Settings, events, rate: float, stopping) -
 
 
 def show_updates(settings: Settings, user: str, titles: dict, stopping, worker) -> None:
-    """Print the featured user's updates as they are published, until Ctrl-C."""
+    """Print the featured user's updates as they are published, until Ctrl-C; start the
+    worker again whenever it exits."""
     consumer = settings.cluster.consumer(
         settings.updates_topic,
         auto_offset_reset="earliest",
@@ -142,13 +146,15 @@ def show_updates(settings: Settings, user: str, titles: dict, stopping, worker) 
         consumer_timeout_ms=500,
     )
     try:
-        while not stopping.is_set() and worker.poll() is None:
+        while not stopping.is_set():
+            worker.check()
             for record in consumer:
                 if record.key == user.encode() and record.value is not None:
                     update = InterestUpdate.model_validate_json(record.value)
                     print(format_update(update, titles), flush=True)
                 if stopping.is_set():
                     break
+                worker.check()
     finally:
         consumer.close()
 

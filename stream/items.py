@@ -182,8 +182,9 @@ def encode_upserts(encoder, upserts: list[ItemUpsert]) -> list[ItemVector]:
 
 
 async def follow_item_vectors(
-    cluster: Cluster, topic: str, matrix: ItemMatrix, loaded, catalog_encoded, ready
-) -> None:
+    cluster: Cluster, topic: str, matrix: ItemMatrix, loaded, catalog_encoded, ready,
+    outage_budget: float = 300.0,
+) -> None:  # fmt: skip
     """Keep `matrix` equal to the item-vectors topic, forever.
 
     Sets `loaded` once the vectors present at start are in the matrix (the catalog agent then
@@ -192,15 +193,18 @@ async def follow_item_vectors(
     only then can events be scored without rejecting items that are merely not encoded yet.
 
     A plain consumer outside the consumer group, on every partition: every worker needs every
-    item, and Faust's GlobalTable loops in recovery with several workers (faust #283).
+    item, and Faust's GlobalTable loops in recovery with several workers (faust #283). Its calls
+    wait out a broker outage for up to `outage_budget` seconds (stream/outages.py).
     """
+    from stream.outages import apatiently
+
     consumer = cluster.aio_consumer(
         topic,
         group_id=None,  # no group: all partitions, read from the beginning, nothing committed
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
-    await consumer.start()
+    await apatiently(consumer.start, "the item-vector follower", outage_budget)
     try:
         target = None  # end offsets to reach before the next readiness step
         while True:
@@ -211,7 +215,10 @@ async def follow_item_vectors(
             if ready.is_set() or not consumer.assignment():
                 continue
             if target is None and (not loaded.is_set() or await catalog_encoded()):
-                target = await consumer.end_offsets(list(consumer.assignment()))
+                target = await apatiently(
+                    lambda: consumer.end_offsets(list(consumer.assignment())),
+                    "the item-vector follower", outage_budget,
+                )  # fmt: skip
             if target is not None and await _caught_up(consumer, target):
                 (ready if loaded.is_set() else loaded).set()
                 target = None

@@ -45,7 +45,7 @@ def dead_letter(
     """The dead-letter record for a rejected record, as JSON bytes."""
     return (
         DeadLetter(
-            payload=bytes(value),
+            payload=b"" if value is None else bytes(value),  # a tombstone is rejected too
             key=None if key is None else bytes(key),
             source_topic=topic,
             partition=partition,

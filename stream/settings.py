@@ -107,6 +107,11 @@ class Settings(BaseSettings):
     session_timeout: float = Field(
         default=30.0, ge=6, description="Seconds before a silent worker's partitions move."
     )
+    outage_budget: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds a worker waits for an unavailable Kafka before it exits (code 70).",
+    )
 
     @property
     def broker_url(self) -> str:
@@ -171,6 +176,8 @@ class Settings(BaseSettings):
             # standby promoted at a rebalance served missing or stale user states. A partition
             # that moves is restored from its changelog instead, with the streams paused.
             table_standby_replicas=0,
+            # Sends wait out an outage: the worker's broker watch gives up first (stream/outages.py)
+            producer_request_timeout=self.outage_budget + 60.0,
             web_host=self.web_host,
             web_port=self.web_port,
             web_enabled=not replay,  # a replay is driven from its command line

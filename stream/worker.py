@@ -11,6 +11,7 @@ import gc
 import hmac
 import logging
 import os
+import sys
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,7 @@ from stream.items import (
     text_digest,
 )
 from stream.metrics import Metrics
+from stream.outages import BrokerUnavailable, BrokerWatch, metadata_probe, patiently
 from stream.progress import HoleReader, LostTails, Progress, Record, span
 from stream.records import dead_letter
 from stream.settings import Settings
@@ -131,6 +133,7 @@ class Worker:
         self._hole_reader: HoleReader | None = None  # made in the repair thread on first use
         self._encoder: ItemEncoder | None = None  # made in the encoder thread (SQLite cache)
         self._published: dict[str, bytes] = {}  # digests this worker sent, before it reads them
+        self.broker_watch = BrokerWatch(settings.outage_budget, metadata_probe(settings.cluster))
 
     # --- items --------------------------------------------------------------------------------
 
@@ -138,21 +141,23 @@ class Worker:
         """Keep the item matrix equal to the item-vectors topic (stream/items.py)."""
         loop = asyncio.get_running_loop()
         settings = self.settings
+        what, budget = "the item-vector follower", settings.outage_budget
         try:
             encoded = await loop.run_in_executor(
-                None, catalog_backlog_encoded, settings.cluster, settings.app_id,
-                settings.catalog_topic,
+                None, patiently, lambda: catalog_backlog_encoded(
+                    settings.cluster, settings.app_id, settings.catalog_topic
+                ), what, budget,
             )  # fmt: skip
 
             async def catalog_encoded() -> bool:
                 if self.bounds is not None:
                     return True  # a replay scores against the catalog as the live workers have it
                 await asyncio.sleep(0.5)  # the catalog agent commits every commit_interval
-                return await loop.run_in_executor(None, encoded)
+                return await loop.run_in_executor(None, patiently, encoded, what, budget)
 
             await follow_item_vectors(
                 settings.cluster, settings.item_vectors_topic, self.items,
-                self.items_loaded, catalog_encoded, self.items_ready,
+                self.items_loaded, catalog_encoded, self.items_ready, budget,
             )  # fmt: skip
         except Exception:
             # e.g. vectors from another encoder than the checkpoint's: nothing can be scored
@@ -340,21 +345,36 @@ class Worker:
             ),
         )
 
-    # Both run in the repair thread, which owns the (blocking, kafka-python) HoleReader.
+    # Both run in the repair thread, which owns the (blocking, kafka-python) HoleReader; both
+    # wait out a broker outage (stream/outages.py).
     async def _committed(self, partition: int) -> int:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self.repair_thread, lambda: self._reader().start(partition)
+            self.repair_thread, self._patiently, lambda: self._reader().start(partition)
         )
 
     def _read_range(self, partition: int, start: int, end: int) -> list[Record]:
-        return self._reader().read(partition, start, end)
+        return self._patiently(lambda: self._reader().read(partition, start, end))
+
+    def _patiently(self, call):
+        return patiently(call, "the hole reader", self.settings.outage_budget)
 
     def _reader(self) -> HoleReader:
         if self._hole_reader is None:
             settings = self.settings
-            self._hole_reader = HoleReader(settings.cluster, settings.events_topic, settings.app_id)
+            self._hole_reader = HoleReader(
+                settings.cluster, settings.events_topic, settings.app_id,
+                patience=min(30.0, settings.outage_budget),
+            )  # fmt: skip
         return self._hole_reader
+
+    async def watch_broker(self) -> None:
+        """Every few seconds: end the worker once Kafka has not answered for longer than the
+        outage budget (Faust's consumer and producer would wait for it forever)."""
+        try:
+            await self.broker_watch.check()
+        except BrokerUnavailable:
+            exit_fatal("Kafka is unavailable")
 
     # --- progress, the consumer, rebalances ---------------------------------------------------
 
@@ -484,7 +504,14 @@ def _record(event) -> Record:
 def exit_fatal(message: str) -> None:
     """Log the current exception and end the process at once: no ack, no commit, no cleanup
     that could mark unprocessed events as done. The supervisor (systemd, Kubernetes) restarts
-    the worker, which resumes from the last commit."""
-    log.critical(message, exc_info=True)
+    the worker, which resumes from the last commit. A broker outage past the budget is one line:
+    its cause is known, and a traceback would only bury it."""
+    error = sys.exc_info()[1]
+    while error is not None and not isinstance(error, BrokerUnavailable):
+        error = error.__cause__ or error.__context__
+    if error is not None:
+        log.critical("%s; exiting with code %d for a supervisor to restart", error, EXIT_FATAL)
+    else:
+        log.critical(message, exc_info=True)
     logging.shutdown()
     os._exit(EXIT_FATAL)

@@ -76,3 +76,10 @@ def test_gpu_worker_reserves_an_nvidia_device():
     assert gpu["profiles"] == ["gpu"]
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+
+
+def test_workers_are_restarted_when_they_exit_on_failure_and_given_time_to_stop():
+    for name in WORKERS:
+        service = COMPOSE["services"][name]
+        assert service["restart"] == "on-failure"  # exit code 70: restart and resume
+        assert service["stop_grace_period"] == "30s"  # a worker's stop is bounded by 20 s

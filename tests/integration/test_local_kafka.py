@@ -87,7 +87,7 @@ def test_kafka_start_status_stop_keeps_data_across_restarts(tmp_path):
     assert processes_mentioning(str(data)) == []
 
 
-def test_run_command_streams_the_demo_and_stops_everything_on_ctrl_c(tmp_path):
+def test_run_command_streams_the_demo_restarts_its_worker_and_stops_all_on_ctrl_c(tmp_path):
     marker = str(tmp_path)  # in the broker's command line and the worker's environment
     env = {
         **{k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"},
@@ -115,6 +115,15 @@ def test_run_command_streams_the_demo_and_stops_everything_on_ctrl_c(tmp_path):
         assert "user-7 moves from" in output, output
         children = [int(pid) for pid in re.findall(r"\(pid (\d+)", output)]
         assert len(children) == 2 and all(map(running, children)), output  # broker, worker
+        os.kill(children[1], signal.SIGKILL)  # the worker dies: the demo starts it again
+        for line in demo.stdout:
+            lines.append(line)
+            if line.startswith("Started the worker again"):
+                break
+        output = "".join(lines)
+        assert "The worker exited with code -9; starting it again in 1 s" in output, output
+        children.append(int(re.findall(r"\(pid (\d+)", output)[-1]))
+        assert running(children[-1]), output
         os.killpg(demo.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         assert demo.wait(90) == 0
     finally:
