@@ -24,9 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from kafka import KafkaAdminClient
-
+from stream.connection import Cluster
 from stream.local_kafka import LocalKafka
+from stream.settings import Settings
 
 FIGURES = {
     "throughput": ["engine_events_per_s", "passthrough_events_per_s", "ratio"],
@@ -48,12 +48,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    kafka = None
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
-    if not bootstrap:
+    kafka, cluster = None, Settings.from_env().cluster  # KAFKA_BOOTSTRAP, CURRENTS_KAFKA_*
+    if not os.environ.get("KAFKA_BOOTSTRAP"):
         kafka = LocalKafka(args.out / "kafka", partitions=8, heap="1g")
         kafka.start()
-        bootstrap = kafka.bootstrap
+        cluster = kafka.cluster
     results: dict[str, list[dict]] = {}
     try:
         for number in range(args.rounds):
@@ -61,10 +60,10 @@ def main() -> None:
                 pairs = list(zip(("old", "new"), args.trees, strict=True))
                 for label, tree in reversed(pairs) if args.new_first else pairs:
                     name = f"{bench}-{label}-{number + 1}"
-                    figures = run(tree.resolve(), bench, args, bootstrap, args.out / name)
+                    figures = run(tree.resolve(), bench, args, cluster.bootstrap, args.out / name)
                     results.setdefault(f"{bench}-{label}", []).append(figures)
                     print(f"{name}: {figures}", flush=True)
-                    clean(bootstrap)
+                    clean(cluster)
     finally:
         if kafka is not None:
             kafka.stop()
@@ -104,9 +103,9 @@ def run(tree: Path, bench: str, args, bootstrap: str, out: Path) -> dict:
     return {figure: measured[figure] for figure in FIGURES[bench]}
 
 
-def clean(bootstrap: str) -> None:
+def clean(cluster: Cluster) -> None:
     """Delete every topic and consumer group, and wait until the topics are gone."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = cluster.admin()
     try:
         groups = [g["group_id"] if isinstance(g, dict) else g[0] for g in admin.list_groups()]
         if groups:

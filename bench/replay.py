@@ -26,10 +26,10 @@ import time
 import urllib.request
 from pathlib import Path
 
-from kafka import KafkaConsumer
 from throughput import cpu_times, git_sha, machine, produce, ready, steal_share
 
 from model.data import load_movielens
+from stream.connection import Cluster
 from stream.local_kafka import LocalKafka, free_port
 from stream.processes import spawn_worker, terminate
 from stream.produce import to_behavior_event, to_item_upsert
@@ -59,14 +59,14 @@ def main() -> None:
     events = sorted((to_behavior_event(e) for e in events), key=lambda e: e.timestamp)
     catalog = [to_item_upsert(i) for i in items.values()]
 
-    kafka = None
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
-    if not bootstrap:
+    kafka, cluster = None, Settings.from_env().cluster  # KAFKA_BOOTSTRAP, CURRENTS_KAFKA_*
+    if not os.environ.get("KAFKA_BOOTSTRAP"):
         kafka = LocalKafka(work / "kafka", partitions=args.partitions, heap="1g")
         kafka.start()
-        bootstrap = kafka.bootstrap
+        cluster = kafka.cluster
     settings = Settings(
-        app_id="bench-live", bootstrap=bootstrap, partitions=args.partitions,
+        app_id="bench-live", bootstrap=cluster.bootstrap, kafka=cluster.security,
+        partitions=args.partitions,
         events_topic="bench.events", catalog_topic="bench.catalog",
         item_vectors_topic="bench.item-vectors", updates_topic="bench.updates",
         dead_letter_topic="bench.dead-letters", data_dir=work / "live",
@@ -74,11 +74,11 @@ def main() -> None:
     )  # fmt: skip
     try:
         ensure_topics(settings)
-        produce(bootstrap, settings.catalog_topic, catalog, lambda i: i.item_id)
+        produce(cluster, settings.catalog_topic, catalog, lambda i: i.item_id)
         worker = spawn_worker(settings, work / "encode.log", loglevel="warning")
         ready(settings, worker)  # the catalog is encoded once, before the history arrives
         terminate(worker)
-        produce(bootstrap, settings.events_topic, events, lambda e: e.user_id)
+        produce(cluster, settings.events_topic, events, lambda e: e.user_id)
 
         rounds = []
         for number in range(args.rounds):
@@ -136,7 +136,7 @@ def run_round(args, live: Settings, total: int, work: Path, suffix: str, report:
         ("(b) replay", "replay", f"bench{suffix}", report_options),
         ("(c) replay --coalesce", "coalesced_replay", f"bench-coalesced{suffix}", ["--coalesce"]),
     ):
-        updates, rate, wall = run_replay(args.checkpoint, name, options, env, work, live.bootstrap)
+        updates, rate, wall = run_replay(args.checkpoint, name, options, env, work, live.cluster)
         print(f"{label}: {rate:.0f} events/s ({updates} updates; {wall:.0f} s wall)", flush=True)
         figures |= {
             f"{prefix}_events_per_s": rate, f"{prefix}_vs_live": rate / live_rate,
@@ -145,7 +145,7 @@ def run_round(args, live: Settings, total: int, work: Path, suffix: str, report:
     return figures
 
 
-def run_replay(checkpoint: Path, name: str, options: list[str], env, work: Path, bootstrap: str):
+def run_replay(checkpoint: Path, name: str, options: list[str], env, work: Path, cluster: Cluster):
     """`currents replay` from the beginning; (its updates, events/s, wall seconds)."""
     started = time.monotonic()
     command = [
@@ -156,7 +156,7 @@ def run_replay(checkpoint: Path, name: str, options: list[str], env, work: Path,
     wall = time.monotonic() - started
     if replay.returncode != 0:
         raise SystemExit(f"replay failed:\n{replay.stdout}\n{replay.stderr}")
-    updates, _, rate = rate_of(bootstrap, f"currents.replay.{name}.updates")
+    updates, _, rate = rate_of(cluster, f"currents.replay.{name}.updates")
     return updates, rate, wall
 
 
@@ -167,7 +167,7 @@ def wait_and_rate(settings: Settings, total: int, worker, timeout=1800.0) -> flo
     while time.monotonic() < deadline and worker.poll() is None:
         time.sleep(2)
         if events_applied(settings) >= total:
-            return rate_of(settings.bootstrap, settings.updates_topic)[2]
+            return rate_of(settings.cluster, settings.updates_topic)[2]
     raise TimeoutError(f"the live worker did not apply all {total} events")
 
 
@@ -180,11 +180,11 @@ def events_applied(settings: Settings) -> float:
     return 0.0
 
 
-def rate_of(bootstrap: str, topic: str) -> tuple[int, int, float]:
+def rate_of(cluster: Cluster, topic: str) -> tuple[int, int, float]:
     """(updates, events they cover, events/s between the first and last update's Kafka
     timestamps)."""
-    consumer = KafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+    consumer = cluster.consumer(
+        topic, auto_offset_reset="earliest",
         enable_auto_commit=False, consumer_timeout_ms=2000,
     )  # fmt: skip
     first = last = None

@@ -28,14 +28,14 @@ import time
 from pathlib import Path
 
 import torch
-from confluent_kafka import Producer
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import TopicPartition
 
 from model.checkpoint import save_checkpoint
 from model.config import ModelConfig
 from model.data import load_movielens
 from model.encoder import default_encoder
 from model.interest import InterestModel
+from stream.connection import Cluster
 from stream.local_kafka import LocalKafka, free_port
 from stream.processes import get_json, spawn_worker, terminate, wait_for
 from stream.produce import to_behavior_event, to_item_upsert
@@ -76,12 +76,11 @@ def main() -> None:
     backlog, live = events[: args.events], events[args.events :]
     checkpoint = args.checkpoint or untrained_checkpoint(work / "model.pt", catalog)
 
-    kafka = None
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP")
-    if not bootstrap:
+    kafka, cluster = None, Settings.from_env().cluster  # KAFKA_BOOTSTRAP, CURRENTS_KAFKA_*
+    if not os.environ.get("KAFKA_BOOTSTRAP"):
         kafka = LocalKafka(work / "kafka", partitions=args.partitions, heap="1g")
         kafka.start()
-        bootstrap = kafka.bootstrap
+        cluster = kafka.cluster
     try:
         results = {
             "machine": machine(),
@@ -91,7 +90,8 @@ def main() -> None:
             "git": git_sha(),
         }
         settings = Settings(
-            app_id="bench-engine", bootstrap=bootstrap, partitions=args.partitions,
+            app_id="bench-engine", bootstrap=cluster.bootstrap, kafka=cluster.security,
+            partitions=args.partitions,
             **engine_topics("bench"), data_dir=work / "engine", web_port=free_port(),
             checkpoint=checkpoint,
         )  # fmt: skip
@@ -103,7 +103,7 @@ def main() -> None:
                 f"events/s, not measured (p99 of each 5 s: {milliseconds(per_5s)} ms)",
                 flush=True,
             )
-        results["passthrough_events_per_s"] = passthrough_rate(bootstrap, work, backlog, args)
+        results["passthrough_events_per_s"] = passthrough_rate(cluster, work, backlog, args)
         print(f"(a) pass-through: {results['passthrough_events_per_s']:.0f} events/s", flush=True)
         rate, profile = engine_rate(settings, work, catalog, backlog, args.profile)
         results["engine_events_per_s"] = rate
@@ -125,7 +125,7 @@ def main() -> None:
             warmup, stream = phase[:warm], phase[warm:]  # the peer gets the same, on its topic
             for name, measure, where in (
                 ("engine", engine_latency, settings),
-                ("passthrough", passthrough_latency, bootstrap),
+                ("passthrough", passthrough_latency, cluster),
             ):
                 p50, p99, count, cpu, per_5s = measure(where, work, warmup, stream, target)
                 results["latency"].append(
@@ -162,7 +162,7 @@ def warm_broker(settings: Settings, work: Path, catalog, events, seconds: float)
         }
     )  # fmt: skip
     ensure_topics(warm)
-    produce(warm.bootstrap, warm.catalog_topic, catalog, lambda i: i.item_id)
+    produce(warm.cluster, warm.catalog_topic, catalog, lambda i: i.item_id)
     stream = unsent(events, 0, int(BROKER_WARMUP_RATE * seconds))
     *_, per_5s = engine_latency(warm, work, [], stream, BROKER_WARMUP_RATE)
     return per_5s
@@ -210,8 +210,8 @@ def untrained_checkpoint(path: Path, catalog) -> Path:
     return path
 
 
-def produce(bootstrap: str, topic: str, messages, key_of) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+def produce(cluster: Cluster, topic: str, messages, key_of) -> None:
+    producer = cluster.producer(acks="all", linger_ms=5)
     for message in messages:
         value = message.model_dump_json().encode()
         producer.send(topic, key=key_of(message).encode(), value=value)
@@ -219,10 +219,10 @@ def produce(bootstrap: str, topic: str, messages, key_of) -> None:
     producer.close()
 
 
-def output_rate(bootstrap: str, topic: str, weight, total: int, worker, timeout=600.0) -> float:
+def output_rate(cluster: Cluster, topic: str, weight, total: int, worker, timeout=600.0) -> float:
     """Events/s from the Kafka timestamps of the first and last output records."""
-    consumer = KafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+    consumer = cluster.consumer(
+        topic, auto_offset_reset="earliest",
         enable_auto_commit=False, consumer_timeout_ms=1000,
     )  # fmt: skip
     first = last = None
@@ -239,18 +239,19 @@ def output_rate(bootstrap: str, topic: str, weight, total: int, worker, timeout=
     return done / max((last - first) / 1000, 1e-3)
 
 
-def passthrough_rate(bootstrap: str, work: Path, backlog, args) -> float:
-    produce(bootstrap, "bench.passthrough.in", backlog, lambda e: e.user_id)
-    worker = start_passthrough(bootstrap, work, args.partitions)
+def passthrough_rate(cluster: Cluster, work: Path, backlog, args) -> float:
+    produce(cluster, "bench.passthrough.in", backlog, lambda e: e.user_id)
+    worker = start_passthrough(cluster, work, args.partitions)
     try:
-        return output_rate(bootstrap, "bench.passthrough.out", lambda r: 1, len(backlog), worker)
+        return output_rate(cluster, "bench.passthrough.out", lambda r: 1, len(backlog), worker)
     finally:
         terminate(worker)
 
 
-def start_passthrough(bootstrap: str, work: Path, partitions: int = 8):
+def start_passthrough(cluster: Cluster, work: Path, partitions: int = 8):
     env = {
-        **os.environ, "BENCH_BOOTSTRAP": bootstrap, "BENCH_APP_ID": "bench-passthrough",
+        **os.environ, **Settings(bootstrap=cluster.bootstrap, kafka=cluster.security).to_env(),
+        "BENCH_APP_ID": "bench-passthrough",
         "BENCH_SOURCE": "bench.passthrough.in", "BENCH_SINK": "bench.passthrough.out",
         "BENCH_PARTITIONS": str(partitions), "BENCH_DATA_DIR": str(work / "passthrough"),
     }  # fmt: skip
@@ -263,11 +264,11 @@ def start_passthrough(bootstrap: str, work: Path, partitions: int = 8):
 
 def engine_rate(settings: Settings, work: Path, catalog, backlog, profile: bool):
     ensure_topics(settings)
-    produce(settings.bootstrap, settings.catalog_topic, catalog, lambda i: i.item_id)
+    produce(settings.cluster, settings.catalog_topic, catalog, lambda i: i.item_id)
     worker = spawn_worker(settings, work / "engine-encode.log", loglevel="warning")
     ready(settings, worker)  # encodes the catalog once, then stops: the backlog comes next
     terminate(worker)
-    produce(settings.bootstrap, settings.events_topic, backlog, lambda e: e.user_id)
+    produce(settings.cluster, settings.events_topic, backlog, lambda e: e.user_id)
     worker = spawn_worker(settings, work / "engine.log", loglevel="warning")
     spy = None
     if profile:
@@ -279,7 +280,7 @@ def engine_rate(settings: Settings, work: Path, catalog, backlog, profile: bool)
     try:
         ready(settings, worker)
         rate = output_rate(
-            settings.bootstrap, settings.updates_topic,
+            settings.cluster, settings.updates_topic,
             lambda r: len(json.loads(r.value)["events"]), len(backlog), worker,
         )  # fmt: skip
     finally:
@@ -289,7 +290,7 @@ def engine_rate(settings: Settings, work: Path, catalog, backlog, profile: bool)
     return rate, (summarise_profile(work / "engine.pyspy") if profile else None)
 
 
-def latency(bootstrap: str, source: str, sink: str, warmup, stream, rate: float, covered, pid):
+def latency(cluster: Cluster, source: str, sink: str, warmup, stream, rate: float, covered, pid):
     """Per-event produce -> output latency, from Kafka timestamps on both sides: the event's
     own (set when the load generator sends it), and that of the first output record that covers
     it (`covered(record)`: event ids). `warmup` is sent at the same rate just before `stream` and
@@ -298,11 +299,9 @@ def latency(bootstrap: str, source: str, sink: str, warmup, stream, rate: float,
     afterwards, from the sink's end offsets taken before: while the worker is measured, only the
     load generator runs beside it. Returns p50, p99, the events measured, the CPU shares of
     the measured window, and the p99 of each 5 s of it (a tail spread out, or one episode)."""
-    start = end_offsets(bootstrap, sink)
-    sent, cpu = send_paced(bootstrap, source, warmup, stream, rate, pid)
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=1000
-    )
+    start = end_offsets(cluster, sink)
+    sent, cpu = send_paced(cluster, source, warmup, stream, rate, pid)
+    consumer = cluster.consumer(enable_auto_commit=False, consumer_timeout_ms=1000)
     consumer.assign(list(start))
     for partition, offset in start.items():
         consumer.seek(partition, offset)
@@ -331,17 +330,16 @@ def quantile(ordered: list, q: float) -> float:
     return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
 
 
-def send_paced(bootstrap: str, topic: str, warmup, stream, rate: float, pid: int):
+def send_paced(cluster: Cluster, topic: str, warmup, stream, rate: float, pid: int):
     """Send `warmup`, then `stream`, at `rate`, in ticks of 1 ms; return (event id -> the
     record's timestamp in ms, set here, for `stream`; CPU shares while `stream` was sent).
 
     librdkafka (confluent-kafka) rather than a Python client: aiokafka's producer took 40-58 %
     of a core at 1,388 records/s and kafka-python's more, on the two cores the worker and the
     broker run on; librdkafka took 8-13 % (docs/benchmarks.md)."""
-    producer = Producer(
-        {"bootstrap.servers": bootstrap, "acks": 1, "linger.ms": 0,
-         "partitioner": "murmur2_random"}  # Kafka's own partitioner for keyed records
-    )  # fmt: skip
+    producer = cluster.confluent_producer(
+        **{"acks": 1, "linger.ms": 0, "partitioner": "murmur2_random"}  # Kafka's partitioner
+    )
     records = [
         (e.user_id.encode(), e.model_dump_json().encode(), e.event_id) for e in [*warmup, *stream]
     ]
@@ -395,9 +393,9 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def end_offsets(bootstrap: str, topic: str) -> dict[TopicPartition, int]:
+def end_offsets(cluster: Cluster, topic: str) -> dict[TopicPartition, int]:
     """The next offset of every partition of `topic`: where this phase's outputs start."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = cluster.consumer(enable_auto_commit=False)
     try:
         partitions = consumer.partitions_for_topic(topic)
         if not partitions:
@@ -412,19 +410,19 @@ def engine_latency(settings: Settings, work: Path, warmup, stream, rate: float):
     try:
         ready(settings, worker)
         return latency(
-            settings.bootstrap, settings.events_topic, settings.updates_topic, warmup, stream,
+            settings.cluster, settings.events_topic, settings.updates_topic, warmup, stream,
             rate, lambda r: [ref["event_id"] for ref in json.loads(r.value)["events"]], worker.pid,
         )  # fmt: skip
     finally:
         terminate(worker)
 
 
-def passthrough_latency(bootstrap: str, work: Path, warmup, stream, rate: float):
-    worker = start_passthrough(bootstrap, work)
+def passthrough_latency(cluster: Cluster, work: Path, warmup, stream, rate: float):
+    worker = start_passthrough(cluster, work)
     try:
         time.sleep(15)  # joined its group and caught up (its backlog was consumed in (a))
         return latency(
-            bootstrap, "bench.passthrough.in", "bench.passthrough.out", warmup, stream, rate,
+            cluster, "bench.passthrough.in", "bench.passthrough.out", warmup, stream, rate,
             lambda r: [json.loads(r.value)["event_id"]], worker.pid,
         )  # fmt: skip
     finally:

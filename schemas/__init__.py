@@ -1,8 +1,16 @@
 """Wire contracts of Currents: one strict pydantic model per Kafka message."""
 
 from schemas.common import MAX_MESSAGE_BYTES
-from schemas.decode import InvalidMessage, decode_catalog, decode_event
-from schemas.events import BehaviorEvent, CatalogMessage, EventType, ItemDeletion, ItemUpsert
+from schemas.decode import InvalidMessage, decode_catalog, decode_event, decode_events_message
+from schemas.events import (
+    BehaviorEvent,
+    CatalogMessage,
+    EventsMessage,
+    EventType,
+    ItemDeletion,
+    ItemUpsert,
+    UserErasure,
+)
 from schemas.outputs import (
     DeadLetter,
     ErrorKind,
@@ -20,12 +28,15 @@ __all__ = [
     "ErrorKind",
     "EventRef",
     "EventType",
+    "EventsMessage",
     "InterestUpdate",
     "InvalidMessage",
     "ItemDeletion",
     "ItemUpsert",
     "Reason",
     "Recommendation",
+    "UserErasure",
     "decode_catalog",
     "decode_event",
+    "decode_events_message",
 ]

@@ -7,13 +7,21 @@ ends in `InvalidMessage`, which carries the `ErrorKind` and a reason fit for a d
 from pydantic import TypeAdapter, ValidationError
 
 from schemas.common import MAX_MESSAGE_BYTES
-from schemas.events import BehaviorEvent, CatalogMessage, ItemDeletion, ItemUpsert
+from schemas.events import (
+    BehaviorEvent,
+    CatalogMessage,
+    EventsMessage,
+    ItemDeletion,
+    ItemUpsert,
+    UserErasure,
+)
 from schemas.outputs import ErrorKind
 
-__all__ = ["InvalidMessage", "decode_catalog", "decode_event"]
+__all__ = ["InvalidMessage", "decode_catalog", "decode_event", "decode_events_message"]
 
 _MAX_REPORTED_ERRORS = 5
 _catalog_adapter: TypeAdapter[ItemUpsert | ItemDeletion] = TypeAdapter(CatalogMessage)
+_events_adapter: TypeAdapter[BehaviorEvent | UserErasure] = TypeAdapter(EventsMessage)
 
 
 class InvalidMessage(ValueError):
@@ -28,6 +36,11 @@ class InvalidMessage(ValueError):
 def decode_event(raw: bytes) -> BehaviorEvent:
     """Decode one events-topic record value."""
     return _decode(raw, BehaviorEvent.model_validate_json, "BehaviorEvent")
+
+
+def decode_events_message(raw: bytes) -> BehaviorEvent | UserErasure:
+    """Decode one events-topic record value: a behaviour event, or an erasure of its user."""
+    return _decode(raw, _events_adapter.validate_json, "events-topic message")
 
 
 def decode_catalog(raw: bytes) -> ItemUpsert | ItemDeletion:

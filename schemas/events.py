@@ -7,7 +7,15 @@ from pydantic import BaseModel, Discriminator, Field, StringConstraints, Tag
 
 from schemas.common import MESSAGE_CONFIG, EventTimestamp, Identifier, ShortText
 
-__all__ = ["BehaviorEvent", "CatalogMessage", "EventType", "ItemDeletion", "ItemUpsert"]
+__all__ = [
+    "BehaviorEvent",
+    "CatalogMessage",
+    "EventType",
+    "EventsMessage",
+    "ItemDeletion",
+    "ItemUpsert",
+    "UserErasure",
+]
 
 
 class EventType(StrEnum):
@@ -51,6 +59,38 @@ class BehaviorEvent(BaseModel):
         description="Free-form context such as surface or device: at most 16 entries, "
         "keys up to 64 and values up to 256 characters.",
     )
+
+
+# Sent by `currents forget` (or a privacy service) to the events topic, keyed by user_id: in
+# the user's partition, ordered with the user's events, and seen by replays too.
+class UserErasure(BaseModel):
+    """Forget a user: the worker deletes the user's state (its store and a changelog tombstone)
+    and publishes a tombstone for the user to the updates topic. A later event starts afresh."""
+
+    model_config = MESSAGE_CONFIG
+
+    op: Literal["forget"] = Field(description="Message kind: must be 'forget'.")
+    user_id: Identifier = Field(description="The user to forget; also the Kafka message key.")
+    requested_at: EventTimestamp = Field(
+        description="When the erasure was asked for: ISO 8601 with an offset, or epoch ms."
+    )
+
+
+def _events_op(value: object) -> object:
+    # Behaviour events carry no "op"; an erasure says "forget".
+    if isinstance(value, dict):
+        return value.get("op", "event")
+    return getattr(value, "op", "event")
+
+
+EventsMessage = Annotated[
+    Annotated[BehaviorEvent, Tag("event")] | Annotated[UserErasure, Tag("forget")],
+    Discriminator(
+        _events_op,
+        custom_error_type="invalid_op",
+        custom_error_message="op must be absent (a behaviour event) or 'forget' (an erasure)",
+    ),
+]
 
 
 # Sent by the catalog service to the catalog topic, keyed by item_id.

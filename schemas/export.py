@@ -5,7 +5,7 @@ from pathlib import Path
 
 from pydantic import TypeAdapter
 
-from schemas.events import BehaviorEvent, CatalogMessage
+from schemas.events import BehaviorEvent, CatalogMessage, UserErasure
 from schemas.outputs import DeadLetter, InterestUpdate
 
 __all__ = ["export_json_schemas", "json_schemas"]
@@ -15,6 +15,7 @@ def json_schemas() -> dict[str, dict]:
     """Schema per message name: inputs as validated, outputs as serialised."""
     return {
         "BehaviorEvent": BehaviorEvent.model_json_schema(mode="validation"),
+        "UserErasure": UserErasure.model_json_schema(mode="validation"),
         "CatalogMessage": TypeAdapter(CatalogMessage).json_schema(mode="validation"),
         "InterestUpdate": InterestUpdate.model_json_schema(mode="serialization"),
         "DeadLetter": DeadLetter.model_json_schema(mode="serialization"),

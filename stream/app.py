@@ -16,7 +16,7 @@ from stream.faust_compat import AckedTable, load_partition_metadata, tune_consum
 from stream.faust_compat import create_worker as faust_worker
 from stream.settings import Settings
 from stream.topics import ensure_changelog_topics, state_tables
-from stream.worker import Bounds, Worker, load_model
+from stream.worker import Bounds, Worker, bearer_authorized, load_model
 
 __all__ = ["create_app", "create_worker"]
 
@@ -78,7 +78,7 @@ def create_app(settings: Settings, bounds: Bounds | None = None) -> faust.App:
             await worker.process_batch(batch)
 
     _timers_and_signals(app, worker, bounds)
-    _pages(app, worker, user_states)
+    _pages(app, worker, user_states, settings)
     return app
 
 
@@ -94,6 +94,10 @@ def _timers_and_signals(app: faust.App, worker: Worker, bounds: Bounds | None) -
     @app.timer(1.0)
     async def refetch_lost_tails():
         await worker.refetch_lost_tails()
+
+    @app.timer(5.0)
+    async def watch_broker():
+        await worker.watch_broker()
 
     if bounds is not None:
 
@@ -114,7 +118,19 @@ def _timers_and_signals(app: faust.App, worker: Worker, bounds: Bounds | None) -
         await worker.on_shutdown()
 
 
-def _pages(app: faust.App, worker: Worker, user_states: faust.Table) -> None:
+def _pages(app: faust.App, worker: Worker, user_states: faust.Table, settings: Settings) -> None:
+    """User and item pages need the bearer token when one is set (a routed request carries the
+    caller's headers); /health is open, /metrics unless CURRENTS_WEB_METRICS_OPEN=false."""
+
+    def refused(web, request, needed: bool = True):
+        auth = request.headers.get("Authorization")
+        if not needed or bearer_authorized(auth, settings.web_token):
+            return None
+        return web.json(
+            {"error": "this page needs the bearer token (Authorization: Bearer ...)"},
+            status=401, headers={"WWW-Authenticate": 'Bearer realm="currents"'},
+        )  # fmt: skip
+
     @app.table_route(table=user_states, match_info="user_id")
     async def routed_interests(web, request, user_id: str):
         view = await worker.interests(user_id)
@@ -124,6 +140,8 @@ def _pages(app: faust.App, worker: Worker, user_states: faust.Table) -> None:
 
     @app.page("/users/{user_id}/interests")
     async def user_interests(web, request, user_id: str):
+        if (refusal := refused(web, request)) is not None:
+            return refusal
         await load_partition_metadata(app, user_states)
         return await routed_interests(web, request, user_id=user_id)
 
@@ -136,11 +154,15 @@ def _pages(app: faust.App, worker: Worker, user_states: faust.Table) -> None:
 
     @app.page("/users/{user_id}")
     async def user_page(web, request, user_id: str):
+        if (refusal := refused(web, request)) is not None:
+            return refusal
         await load_partition_metadata(app, user_states)
         return await routed_page(web, request, user_id=user_id)
 
     @app.page("/items/{item_id}")
     async def item(web, request, item_id: str):
+        if (refusal := refused(web, request)) is not None:
+            return refusal
         view = worker.item(item_id)
         if view is None:
             error = f"item {item_id!r} is not in this worker's matrix"
@@ -153,6 +175,8 @@ def _pages(app: faust.App, worker: Worker, user_states: faust.Table) -> None:
 
     @app.page("/metrics")
     async def prometheus(web, request):
+        if (refusal := refused(web, request, not settings.web_metrics_open)) is not None:
+            return refusal
         return web.bytes(worker.render_metrics(), content_type="text/plain; version=0.0.4")
 
 

@@ -14,12 +14,10 @@ import signal
 import threading
 from pathlib import Path
 
-from kafka import KafkaConsumer, KafkaProducer
-
 from schemas import InterestUpdate
 from stream.demo_data import demo_catalog, demo_events, describe_drift, write_demo_dataset
 from stream.local_kafka import single_node
-from stream.processes import get_json, spawn_worker, terminate, wait_for
+from stream.processes import Supervisor, get_json, wait_for
 from stream.produce import paced, quiet_kafka_logs
 from stream.settings import Settings
 from stream.tail import format_update
@@ -39,13 +37,7 @@ def run_demo(args: argparse.Namespace) -> int:
     quiet_kafka_logs()
 
     checkpoint = train_demo_model(args.users, args.events_per_user, args.epochs)
-    kafka = None
-    settings = Settings.from_env(checkpoint=checkpoint, data_dir=DEMO_DIR / "worker")
-    if not (os.environ.get("KAFKA_BOOTSTRAP") or os.environ.get("CURRENTS_BOOTSTRAP")):
-        shutil.rmtree(args.kafka_dir, ignore_errors=True)  # a fresh world on every run
-        kafka = single_node(args.kafka_dir, args.port)
-        settings = settings.model_copy(update={"bootstrap": kafka.bootstrap})
-    shutil.rmtree(settings.data_dir, ignore_errors=True)
+    settings, kafka = demo_settings(args, checkpoint)
     worker = None
     try:
         if kafka is not None:
@@ -55,16 +47,19 @@ def run_demo(args: argparse.Namespace) -> int:
         ensure_topics(settings)
         catalog = demo_catalog()
         events = demo_events(catalog, args.users, args.events_per_user, STREAM_SEED)
-        producer = KafkaProducer(bootstrap_servers=settings.bootstrap, acks="all", linger_ms=5)
+        producer = settings.cluster.producer(acks="all", linger_ms=5)
         publish_catalog(producer, settings, catalog)
 
         worker_log = DEMO_DIR / "worker.log"
-        worker = spawn_worker(settings, worker_log)
-        print(f"Started a worker (pid {worker.pid}, log {worker_log}); it encodes the catalog ...")
+        worker = Supervisor(settings, worker_log, say=lambda line: print(line, flush=True))
+        print(
+            f"Started a worker (pid {worker.process.pid}, log {worker_log}); it encodes the "
+            "catalog ..."
+        )
         health = f"http://{settings.web_host}:{settings.web_port}/health"
         wait_for(
             lambda: stopping.is_set() or (get_json(health)[1] or {}).get("ready"),
-            300, what="worker ready", process=worker,
+            300, what="worker ready", process=worker.process,
         )  # fmt: skip
         featured = f"user-{min(7, args.users - 1)}"
         print(
@@ -83,11 +78,26 @@ def run_demo(args: argparse.Namespace) -> int:
     finally:
         print("Stopping ...", flush=True)
         if worker is not None:
-            terminate(worker)
+            worker.stop()
         if kafka is not None:
             kafka.stop()
         print("Stopped.")
     return 0
+
+
+def demo_settings(args: argparse.Namespace, checkpoint: Path) -> tuple[Settings, object]:
+    """The worker's settings, and the local broker to start (None where the environment names
+    a cluster); the worker's data and the local broker's start afresh on every run."""
+    kafka = None
+    settings = Settings.from_env(checkpoint=checkpoint, data_dir=DEMO_DIR / "worker")
+    if not (os.environ.get("KAFKA_BOOTSTRAP") or os.environ.get("CURRENTS_BOOTSTRAP")):
+        shutil.rmtree(args.kafka_dir, ignore_errors=True)
+        kafka = single_node(args.kafka_dir, args.port)
+        settings = settings.model_copy(
+            update={"bootstrap": kafka.bootstrap, "kafka": kafka.client_security}
+        )
+    shutil.rmtree(settings.data_dir, ignore_errors=True)
+    return settings, kafka
 
 
 def train_demo_model(users: int, events_per_user: int, epochs: int) -> Path:
@@ -134,28 +144,31 @@ def stream_events(producer, settings: Settings, events, rate: float, stopping) -
 
 
 def show_updates(settings: Settings, user: str, titles: dict, stopping, worker) -> None:
-    """Print the featured user's updates as they are published, until Ctrl-C."""
-    consumer = KafkaConsumer(
+    """Print the featured user's updates as they are published, until Ctrl-C; start the
+    worker again whenever it exits."""
+    consumer = settings.cluster.consumer(
         settings.updates_topic,
-        bootstrap_servers=settings.bootstrap,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         consumer_timeout_ms=500,
     )
     try:
-        while not stopping.is_set() and worker.poll() is None:
+        while not stopping.is_set():
+            worker.check()
             for record in consumer:
-                if record.key == user.encode():
+                if record.key == user.encode() and record.value is not None:
                     update = InterestUpdate.model_validate_json(record.value)
                     print(format_update(update, titles), flush=True)
                 if stopping.is_set():
                     break
+                worker.check()
     finally:
         consumer.close()
 
 
 def walkthrough(settings: Settings, user: str, drift: str) -> str:
     web = f"http://{settings.web_host}:{settings.web_port}"
+    auth = '-H "Authorization: Bearer $TOKEN" ' if settings.web_token else ""  # never its value
     return (
         f"""
 What you are watching
@@ -171,7 +184,7 @@ What you are watching
   evolution as a chart, and the recommendations with their reasons.
   In another terminal:
     currents tail --user user-3                 another user's updates
-    curl {web}/users/{user}/interests     the current view with reasons, from the worker's table
+    curl {auth}{web}/users/{user}/interests     the current view with reasons
     curl {web}/metrics                    events/s, batch sizes, latency, lag
   Press Ctrl-C to stop everything.
 """.rstrip()

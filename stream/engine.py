@@ -10,12 +10,16 @@ same `Engine`, and tests call it directly. A batch goes through four stages:
     ranks       replay only (prequential): the rank each event's item had just before it
 
 and comes out as one record plus one `InterestUpdate` per user (per event with per_event).
+
+An erasure (`UserErasure`, `currents forget`) in the batch drops the user's stored record and
+the user's events before it: the user's outcome says `forgotten`, and any later events of the
+batch start from a fresh state.
 """
 
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import orjson
@@ -26,7 +30,7 @@ from model.config import event_type_index
 from model.interest import StepOutput, category_mass
 from model.serving import step_events
 from model.state import StateError, UserState
-from schemas import BehaviorEvent, ErrorKind, InvalidMessage
+from schemas import BehaviorEvent, ErrorKind, InvalidMessage, UserErasure
 from schemas.outputs import MAX_REASONS, SCHEMA_VERSION
 from stream.items import ItemMatrix
 from stream.records import RECENT, UserRecord, decode_keyed_event
@@ -40,22 +44,23 @@ DECIMALS = 6  # of scores, interests and shifts in published views
 class Incoming:
     """A valid event of the batch, with where it came from."""
 
-    event: BehaviorEvent
+    event: BehaviorEvent | UserErasure
     partition: int
     offset: int
     appended_at: float  # Kafka record timestamp, seconds: the start of the update's latency
-    item_row: int  # the item's row in the item matrix when the event was admitted
-    type_index: int  # the event type's embedding row
+    item_row: int  # the item's row in the item matrix when the event was admitted (-1: erasure)
+    type_index: int  # the event type's embedding row (-1: erasure)
 
 
 @dataclass(frozen=True)
 class UserOutcome:
     user_id: str
-    record: bytes  # the new state-table value
+    record: bytes | None  # the new state-table value; None: the user has none (forgotten)
     updates: list[bytes]  # InterestUpdate JSON: one, or one per event with per_event
-    last: Incoming  # the user's last event in the batch
+    last: Incoming  # the user's last event (or erasure) in the batch
     applied: int  # events newly applied; 0 when re-publishing after a redelivery
     interests: dict[str, float] = field(default_factory=dict)  # the last update's top categories
+    forgotten: bool = False  # an erasure came: delete the stored record (and then write any)
 
 
 @dataclass
@@ -134,6 +139,8 @@ class Engine:
         dead letter keeps the event for a replay once the item exists.
         """
         event = decode_keyed_event(key, value)
+        if isinstance(event, UserErasure):
+            return Incoming(event, partition, offset, timestamp, -1, -1)
         row = self.items.rows.get(event.item_id)
         if row is None:
             raise InvalidMessage(
@@ -150,10 +157,27 @@ class Engine:
         self, stored: Mapping[str, bytes | None], batch: Sequence[Incoming]
     ) -> list[UserOutcome]:
         """Apply a batch (in partition order) to the users' stored records."""
-        records, fresh, redelivered = self._sort(stored, batch)
+        records, fresh, redelivered, forgotten = self._sort(stored, batch)
         republished = [user for user in redelivered if user not in fresh]  # nothing new in them
-        if not fresh and not republished:
-            return []
+        outcomes = []
+        if fresh or republished:
+            outcomes = self._outcomes(records, fresh, redelivered, republished)
+        # a forgotten user's later events (if any) started from a fresh state
+        outcomes = [replace(o, forgotten=o.user_id in forgotten) for o in outcomes]
+        return outcomes + [
+            UserOutcome(user, None, [], erasure, 0, forgotten=True)
+            for user, erasure in forgotten.items()
+            if user not in fresh
+        ]
+
+    def _outcomes(
+        self,
+        records: dict[str, UserRecord],
+        fresh: dict[str, list[Incoming]],
+        redelivered: dict[str, list[Incoming]],
+        republished: list[str],
+    ) -> list[UserOutcome]:
+        """Step and rank the fresh events; each stepped or republished user's outcome."""
         step = self._step(records, fresh, republished)
         rows, baseline, rank_row, seen = self._rows(step, records, fresh)
         ranking = self._rank(rows, shown=baseline.start, baselines=len(baseline))
@@ -200,24 +224,33 @@ class Engine:
 
     def _sort(self, stored: Mapping[str, bytes | None], batch: Sequence[Incoming]):
         """The users' stored records; per user, the events to apply now (fresh), and those
-        applied before a crash (redelivered: to re-publish). Repeated event ids are dropped."""
+        applied before a crash (redelivered: to re-publish). Repeated event ids are dropped.
+        A user's erasure empties the record and drops the user's events before it; the users
+        erased, with their last erasure, come last."""
         by_user: dict[str, list[Incoming]] = {}
         for incoming in batch:
             by_user.setdefault(incoming.event.user_id, []).append(incoming)
         records = {user: self._record(stored.get(user)) for user in by_user}
         fresh: dict[str, list[Incoming]] = {}
         redelivered: dict[str, list[Incoming]] = {}
+        forgotten: dict[str, Incoming] = {}
         for user, events in by_user.items():
             record, seen = records[user], set(records[user].recent_events)
             for incoming in events:
-                if record.covers(incoming.partition, incoming.offset):
+                if isinstance(incoming.event, UserErasure):
+                    record = records[user] = self._record(None)
+                    seen = set()
+                    fresh.pop(user, None)
+                    redelivered.pop(user, None)
+                    forgotten[user] = incoming
+                elif record.covers(incoming.partition, incoming.offset):
                     redelivered.setdefault(user, []).append(incoming)
                 elif incoming.event.event_id in seen:
                     self.duplicates += 1
                 else:
                     fresh.setdefault(user, []).append(incoming)
                     seen.add(incoming.event.event_id)
-        return records, fresh, redelivered
+        return records, fresh, redelivered, forgotten
 
     def _step(
         self,

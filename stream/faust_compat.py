@@ -35,14 +35,27 @@ The worker needs a few things Faust 0.15 does not offer:
     CPU per event went to those tasks (docs/benchmarks.md).
 - **No terminal spinner** (`create_worker`) and **recovery state** (`tables_restored`,
   `steady`).
+- **A connection probe** (`probe_broker`): Kafka clients retry a refused connection until their
+  timeout and then say only "unable to bootstrap"; one aiokafka connection and one metadata
+  request say at once whether TLS, SASL or the network failed (stream/connection.py).
+- **Paced metadata retries** (`pace_failed_metadata_updates`): aiokafka retried a failed
+  metadata update at once, thousands of times a second while a broker was away.
+- **A bounded stop** (`create_worker`): Faust's stop can wait forever (for in-flight events
+  while Kafka is away, for a thread encoding the catalog); a signal's stop ends the process
+  within `STOP_DEADLINE` seconds.
 
 Importing this module checks the installed versions: another faust or aiokafka may have moved
 any of these internals, so it refuses to run on one it was not tested with.
 """
 
+import asyncio
 import functools
 import importlib.metadata
+import logging
+import os
 import re
+import signal
+import threading
 import types
 import weakref
 from collections.abc import Coroutine, Generator, Iterator
@@ -50,11 +63,13 @@ from contextlib import contextmanager
 
 import faust
 import faust.streams
+from aiokafka.client import AIOKafkaClient
 from aiokafka.partitioner import DefaultPartitioner
 from mode.services import WaitResults
 
 __all__ = [
     "FETCH_MAX_WAIT_MS",
+    "STOP_DEADLINE",
     "SUPPORTED",
     "AckedTable",
     "UnsupportedVersion",
@@ -64,6 +79,8 @@ __all__ = [
     "fetch_min_bytes",
     "in_partition_of",
     "load_partition_metadata",
+    "probe_broker",
+    "pace_failed_metadata_updates",
     "publish_batches",
     "set_fetch_min_bytes",
     "steady",
@@ -196,16 +213,94 @@ async def load_partition_metadata(app: faust.App, table) -> None:
     await app.producer._ensure_producer().partitions_for(table.changelog_topic.get_topic_name())
 
 
+# --- connecting ------------------------------------------------------------------------------
+
+
+async def probe_broker(host: str, port: int, options: dict, timeout: float) -> None:
+    """Connect to one broker with aiokafka's options (TLS, SASL) and ask for metadata, which
+    needs an authenticated connection; raises what went wrong (ssl.SSLError, aiokafka's
+    SaslAuthenticationFailed, KafkaConnectionError, OSError, TimeoutError)."""
+    from aiokafka.conn import create_conn
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    async with asyncio.timeout(timeout):
+        conn = await create_conn(
+            host, port, client_id="currents-probe", request_timeout_ms=int(timeout * 1000),
+            **options,
+        )  # fmt: skip
+        try:
+            await conn.send(MetadataRequest([]))
+        finally:
+            conn.close()
+
+
 # --- the worker -----------------------------------------------------------------------------
 
 
 def create_worker(app: faust.App, loglevel: str, quiet: bool = False) -> faust.Worker:
-    """A Faust worker without its terminal spinner: to spin on every log line, it sets the root
-    logger to DEBUG, and every library then formats every debug line (aiokafka one per message
-    produced), 4-6 % of a busy worker's time."""
-    worker = faust.Worker(app, loglevel=loglevel, quiet=quiet)
+    """A Faust worker without its terminal spinner (to spin on every log line, it sets the root
+    logger to DEBUG, and every library then formats every debug line, aiokafka one per message
+    produced: 4-6 % of a busy worker's time), and whose stop on SIGTERM or SIGINT is bounded."""
+    pace_failed_metadata_updates()
+    worker = _BoundedStopWorker(app, loglevel=loglevel, quiet=quiet)
     worker.spinner = None
     return worker
+
+
+METADATA_RETRY_SECONDS = 0.5  # between metadata requests while no broker answers
+
+
+def pace_failed_metadata_updates() -> None:
+    """Make every aiokafka client wait between failed metadata updates (idempotent).
+
+    While no broker answers, aiokafka's producer sender (partitions without a leader) and
+    fetcher (invalid metadata) each ask for a metadata update and wait for it in a loop, and a
+    failed update answers at once: two loops spinning, thousands of connection attempts and
+    error lines a second for as long as the outage lasts. A failed update now returns after
+    `METADATA_RETRY_SECONDS`, which paces every such loop; a successful one is not delayed."""
+    if getattr(AIOKafkaClient._metadata_update, "paced", False):
+        return
+    update = AIOKafkaClient._metadata_update
+
+    @functools.wraps(update)
+    async def paced(self, cluster_metadata, topics):
+        updated = await update(self, cluster_metadata, topics)
+        if not updated:
+            await asyncio.sleep(METADATA_RETRY_SECONDS)
+        return updated
+
+    paced.paced = True
+    AIOKafkaClient._metadata_update = paced
+
+
+STOP_DEADLINE = 20.0  # seconds a stop may take before the process ends regardless
+EXIT_STOP_OVERDUE = 128 + signal.SIGTERM  # as if the signal had ended it
+
+
+class _BoundedStopWorker(faust.Worker):
+    """A stop asked for by a signal ends the process within STOP_DEADLINE seconds.
+
+    Faust's stop can wait without bound: for in-flight events to be acked (`wait_empty`) while
+    Kafka is away, for the consumer's last commit, or (at the interpreter's exit) for a thread
+    still encoding a catalog. Ending the process then loses nothing: progress is recorded only
+    for outputs Kafka has acknowledged (stream/progress.py), and the rest is processed again at
+    the next start."""
+
+    def _schedule_shutdown(self, signal: signal.Signals) -> None:
+        if not self._signal_stop_time:
+            timer = threading.Timer(STOP_DEADLINE, _stop_overdue, (signal.name,))
+            timer.daemon = True
+            timer.start()
+        super()._schedule_shutdown(signal)
+
+
+def _stop_overdue(name: str) -> None:
+    logging.getLogger(__name__).critical(
+        "%s: the stop did not finish within %.0f s; ending the process (exit code %d)",
+        name, STOP_DEADLINE, EXIT_STOP_OVERDUE,
+    )  # fmt: skip
+    logging.shutdown()
+    os._exit(EXIT_STOP_OVERDUE)
 
 
 # --- the consumer ---------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from schemas import ItemUpsert
+from stream.connection import Cluster
 
 __all__ = ["ItemMatrix", "ItemVector", "text_digest"]
 
@@ -181,8 +182,9 @@ def encode_upserts(encoder, upserts: list[ItemUpsert]) -> list[ItemVector]:
 
 
 async def follow_item_vectors(
-    bootstrap: str, topic: str, matrix: ItemMatrix, loaded, catalog_encoded, ready
-) -> None:
+    cluster: Cluster, topic: str, matrix: ItemMatrix, loaded, catalog_encoded, ready,
+    outage_budget: float = 300.0,
+) -> None:  # fmt: skip
     """Keep `matrix` equal to the item-vectors topic, forever.
 
     Sets `loaded` once the vectors present at start are in the matrix (the catalog agent then
@@ -191,18 +193,18 @@ async def follow_item_vectors(
     only then can events be scored without rejecting items that are merely not encoded yet.
 
     A plain consumer outside the consumer group, on every partition: every worker needs every
-    item, and Faust's GlobalTable loops in recovery with several workers (faust #283).
+    item, and Faust's GlobalTable loops in recovery with several workers (faust #283). Its calls
+    wait out a broker outage for up to `outage_budget` seconds (stream/outages.py).
     """
-    from aiokafka import AIOKafkaConsumer
+    from stream.outages import apatiently
 
-    consumer = AIOKafkaConsumer(
+    consumer = cluster.aio_consumer(
         topic,
-        bootstrap_servers=bootstrap,
         group_id=None,  # no group: all partitions, read from the beginning, nothing committed
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
-    await consumer.start()
+    await apatiently(consumer.start, "the item-vector follower", outage_budget)
     try:
         target = None  # end offsets to reach before the next readiness step
         while True:
@@ -213,7 +215,10 @@ async def follow_item_vectors(
             if ready.is_set() or not consumer.assignment():
                 continue
             if target is None and (not loaded.is_set() or await catalog_encoded()):
-                target = await consumer.end_offsets(list(consumer.assignment()))
+                target = await apatiently(
+                    lambda: consumer.end_offsets(list(consumer.assignment())),
+                    "the item-vector follower", outage_budget,
+                )  # fmt: skip
             if target is not None and await _caught_up(consumer, target):
                 (ready if loaded.is_set() else loaded).set()
                 target = None
@@ -221,16 +226,16 @@ async def follow_item_vectors(
         await consumer.stop()
 
 
-def catalog_backlog_encoded(bootstrap: str, group: str, topic: str):
+def catalog_backlog_encoded(cluster: Cluster, group: str, topic: str):
     """A check that the consumer group has committed the catalog topic up to its end offsets
     as of the first call, i.e. that every catalog message present at start is encoded."""
-    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    consumer = cluster.consumer(group_id=None)
     partitions = consumer.partitions_for_topic(topic) or set()
     end = consumer.end_offsets([TopicPartition(topic, p) for p in partitions])
     consumer.close()
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = cluster.admin()
 
     def encoded() -> bool:
         committed = admin.list_group_offsets({group: list(end)}).get(group, {})

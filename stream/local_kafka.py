@@ -4,11 +4,16 @@ Development machines and CI have Java and Maven but no Docker, so Currents fetch
 jars itself (`kafka_pom.xml`), writes a KRaft config in which every node is broker and controller,
 formats storage, and supervises the JVMs. One class serves `currents kafka start|stop|status`
 (persistent data, fixed ports, detached) and the test suite (throwaway data, free ports).
+
+With `secure=True` the client listener accepts only SASL_SSL: SCRAM-SHA-512 and -256 users made
+at format time, and a CA and broker certificate generated with `openssl` under
+`<data_dir>/security` (kept, with the passwords, so a restart serves the same credentials).
 """
 
 import base64
 import os
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -19,11 +24,24 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["KAFKA_VERSION", "KafkaError", "LocalKafka", "ensure_jars", "free_port", "single_node"]
+from stream.connection import Cluster, KafkaSecurity
+
+__all__ = [
+    "CLIENT_USER",
+    "KAFKA_VERSION",
+    "KafkaError",
+    "LocalKafka",
+    "ensure_jars",
+    "free_port",
+    "make_certificates",
+    "single_node",
+]
 
 KAFKA_VERSION = "4.3.1"
 LOG4J2_VERSION = "2.25.4"  # the log4j2 version that Kafka release was built with
 _READY_LINE = "Kafka Server started"
+CLIENT_USER = "currents"  # the SCRAM user clients of a secure local broker connect as
+_BROKER_USER = "broker"  # the brokers' own SCRAM user, between them
 
 _LOG4J2_PROPERTIES = """\
 status = warn
@@ -130,6 +148,52 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def make_certificates(directory: Path, hosts: tuple[str, ...] = ("127.0.0.1", "localhost")):
+    """A CA (`ca.pem`, `ca.key`) and a certificate it signs for `hosts` with its key, in one
+    PEM file as Kafka's PEM keystore takes it (`broker.pem`); made with `openssl`. Returns the
+    CA's path."""
+    if shutil.which("openssl") is None:
+        raise KafkaError("`openssl` is not on PATH; a secure local broker needs it")
+    directory.mkdir(parents=True, exist_ok=True)
+    names = ",".join(f"IP:{h}" if h.replace(".", "").isdigit() else f"DNS:{h}" for h in hosts)
+    leaf = directory / "leaf.ext"
+    leaf.write_text(
+        f"subjectAltName={names}\nbasicConstraints=CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+        "authorityKeyIdentifier=keyid\n"
+    )
+    steps = [
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
+         "-subj", "/CN=Currents local CA", "-keyout", "ca.key", "-out", "ca.pem",
+         "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={hosts[0]}",
+         "-keyout", "broker.key", "-out", "broker.csr"],
+        ["x509", "-req", "-in", "broker.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+         "-CAcreateserial", "-days", "3650", "-extfile", "leaf.ext", "-out", "broker.crt"],
+    ]  # fmt: skip
+    for step in steps:
+        result = subprocess.run(["openssl", *step], cwd=directory, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise KafkaError(f"openssl {step[0]} failed: {result.stderr[-2000:]}")
+    keystore = directory / "broker.pem"
+    keystore.write_text(
+        (directory / "broker.key").read_text() + (directory / "broker.crt").read_text()
+    )
+    for private in (keystore, directory / "broker.key", directory / "ca.key"):
+        private.chmod(0o600)
+    return directory / "ca.pem"
+
+
+def _password(path: Path) -> str:
+    """The password kept in `path`, made on first use (owner-only file)."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(24))
+    return path.read_text().strip()
+
+
 @dataclass(frozen=True)
 class _Node:
     node_id: int
@@ -169,6 +233,7 @@ class LocalKafka:
         heap: str = "512m",
         partitions: int = 8,
         jar_home: Path | None = None,
+        secure: bool = False,
     ):
         ports = ports or [free_port() for _ in range(nodes)]
         controller_ports = controller_ports or [free_port() for _ in range(nodes)]
@@ -178,6 +243,8 @@ class LocalKafka:
         self.heap = heap
         self.partitions = partitions
         self.jar_home = jar_home or default_jar_home()
+        self.secure = secure
+        self.security_dir = self.data_dir / "security"
         self.nodes = [
             _Node(i + 1, port, cport, self.data_dir / f"node-{i + 1}")
             for i, (port, cport) in enumerate(zip(ports, controller_ports, strict=True))
@@ -186,6 +253,27 @@ class LocalKafka:
     @property
     def bootstrap(self) -> str:
         return ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+
+    @property
+    def password_file(self) -> Path:
+        """The client user's password (secure only)."""
+        return self.security_dir / "client.password"
+
+    @property
+    def client_security(self) -> KafkaSecurity:
+        """How a client connects: SASL_SSL as CLIENT_USER with SCRAM-SHA-512, trusting the
+        generated CA; PLAINTEXT when not secure."""
+        if not self.secure:
+            return KafkaSecurity()
+        return KafkaSecurity(
+            security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+            sasl_username=CLIENT_USER, sasl_password=_password(self.password_file),
+            ssl_cafile=self.security_dir / "ca.pem",
+        )  # fmt: skip
+
+    @property
+    def cluster(self) -> Cluster:
+        return Cluster(self.bootstrap, self.client_security)
 
     def start(self, timeout: float = 120.0) -> None:
         """Fetch jars if needed, format new storage, start every node, wait until all serve."""
@@ -257,12 +345,7 @@ class LocalKafka:
             "process.roles": "broker,controller",
             "node.id": node.node_id,
             "controller.quorum.voters": voters,
-            "listeners": f"PLAINTEXT://127.0.0.1:{node.port},"
-            f"CONTROLLER://127.0.0.1:{node.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.port}",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "controller.listener.names": "CONTROLLER",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            **self._listeners(node),
             "log.dirs": node.directory / "logs",
             "num.partitions": self.partitions,
             "default.replication.factor": replicas,
@@ -282,8 +365,47 @@ class LocalKafka:
         }
         node.directory.mkdir(parents=True, exist_ok=True)
         path = node.directory / "server.properties"
+        path.touch(mode=0o600)  # the brokers' own password, when secure
         path.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
         return path
+
+    def _listeners(self, node: _Node) -> dict:
+        """Clients' listener: PLAINTEXT, or (secure) SASL_SSL only, SCRAM over TLS, which the
+        brokers also use between them. The controller listener stays on 127.0.0.1."""
+        name = "SASL_SSL" if self.secure else "PLAINTEXT"
+        settings = {
+            "listeners": f"{name}://127.0.0.1:{node.port},"
+            f"CONTROLLER://127.0.0.1:{node.controller_port}",
+            "advertised.listeners": f"{name}://127.0.0.1:{node.port}",
+            "inter.broker.listener.name": name,
+            "controller.listener.names": "CONTROLLER",
+            "listener.security.protocol.map": f"{name}:{name},CONTROLLER:PLAINTEXT",
+        }
+        if not self.secure:
+            return settings
+        if not (self.security_dir / "broker.pem").exists():
+            make_certificates(self.security_dir)
+        login = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{_BROKER_USER}" password="{self._scram_users()[_BROKER_USER]}";'
+        )
+        return {
+            **settings,
+            "sasl.enabled.mechanisms": "SCRAM-SHA-512,SCRAM-SHA-256",
+            "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-512",
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": login,
+            "listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config": login,
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": self.security_dir / "broker.pem",
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": self.security_dir / "ca.pem",
+        }
+
+    def _scram_users(self) -> dict[str, str]:
+        return {
+            CLIENT_USER: _password(self.password_file),
+            _BROKER_USER: _password(self.security_dir / "broker.password"),
+        }
 
     def _java(self, lib: Path, *args: str, heap: str) -> list[str]:
         return [
@@ -294,9 +416,14 @@ class LocalKafka:
 
     def _format(self, node: _Node, lib: Path, cluster_id: str) -> subprocess.Popen:
         properties = self._server_properties(node)
+        users = []
+        if self.secure:  # SCRAM credentials live in the cluster metadata, made at format
+            for mechanism in ("SCRAM-SHA-512", "SCRAM-SHA-256"):
+                for user, password in self._scram_users().items():
+                    users += ["--add-scram", f"{mechanism}=[name={user},password={password}]"]
         command = self._java(
             lib, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties),
-            "--ignore-formatted", heap="256m",
+            "--ignore-formatted", *users, heap="256m",
         )  # fmt: skip
         return subprocess.Popen(
             command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -342,12 +469,11 @@ class LocalKafka:
 
     def _probe(self, deadline: float) -> None:
         """A protocol-level check: the cluster answers metadata requests."""
-        from kafka import KafkaAdminClient
         from kafka.errors import KafkaError as ClientError
 
         while True:
             try:
-                admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
+                admin = self.cluster.admin(request_timeout_ms=5000)
                 try:
                     admin.list_topics()
                     return
@@ -359,6 +485,6 @@ class LocalKafka:
                 time.sleep(0.5)
 
 
-def single_node(data_dir: Path, port: int) -> LocalKafka:
+def single_node(data_dir: Path, port: int, secure: bool = False) -> LocalKafka:
     """The persistent single-node broker of the run profile; its controller uses port + 1."""
-    return LocalKafka(data_dir, ports=[port], controller_ports=[port + 1], heap="1g")
+    return LocalKafka(data_dir, ports=[port], controller_ports=[port + 1], heap="1g", secure=secure)

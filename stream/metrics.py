@@ -42,6 +42,10 @@ class Metrics:
             "Events read straight from Kafka because Faust skipped them (see stream/progress.py).",
             registry=registry,
         )
+        self.erasures = Counter(
+            "currents_erasures", "Users forgotten: state deleted, tombstones published.",
+            registry=registry,
+        )  # fmt: skip
         self.items = Gauge("currents_items", "Items in this worker's matrix.", registry=registry)
         self.items_encoded = Counter(
             "currents_items_encoded", "Catalog upserts BERT-encoded by this worker.",

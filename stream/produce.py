@@ -29,6 +29,7 @@ from schemas import (
     InvalidMessage,
     ItemDeletion,
     ItemUpsert,
+    UserErasure,
     decode_catalog,
     decode_event,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "quiet_kafka_logs",
     "read_jsonl",
     "run",
+    "send_erasures",
     "to_behavior_event",
     "to_item_upsert",
 ]
@@ -252,10 +254,10 @@ def run(args: argparse.Namespace) -> int:
     quiet_kafka_logs()
     settings = Settings.from_env()
     items, delivery = _Delivery(), _Delivery()
+    settings.cluster.check()  # a refused connection ends here, with its cause
     try:
         ensure_topics(settings)
-        producer = KafkaProducer(
-            bootstrap_servers=settings.bootstrap,
+        producer = settings.cluster.producer(
             client_id="currents-produce",
             acks="all",
             linger_ms=LINGER_MS,
@@ -287,6 +289,27 @@ def run(args: argparse.Namespace) -> int:
     if failed:
         return _fail(f"{len(failed)} records not delivered, first: {failed[0]!r}", 1)
     return 0
+
+
+def send_erasures(settings: Settings, user_ids: list[str]) -> None:
+    """Send one `UserErasure` per user to the events topic, keyed by the user: ordered with the
+    user's events, so the owning worker forgets the user after the events sent before it. Raises
+    ValidationError for an id the schemas refuse, KafkaError when one is not delivered."""
+    now = datetime.now(UTC)
+    erasures = [UserErasure(op="forget", user_id=user, requested_at=now) for user in user_ids]
+    ensure_topics(settings, only=[settings.events_topic])
+    producer = settings.cluster.producer(client_id="currents-forget", acks="all")
+    try:
+        sent = [
+            producer.send(settings.events_topic, key=e.user_id.encode(),
+                          value=e.model_dump_json().encode())
+            for e in erasures
+        ]  # fmt: skip
+        producer.flush()
+        for future in sent:
+            future.get(timeout=30)
+    finally:
+        producer.close()
 
 
 def _load(args: argparse.Namespace) -> tuple[list, list, list[Rejected]]:

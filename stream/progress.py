@@ -22,12 +22,15 @@ while it seeks to the committed offsets), none does: `LostTails` spots such a pa
 worker asks Faust to fetch it again from where the agent stands.
 """
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from kafka import KafkaConsumer, TopicPartition
-from kafka.admin import KafkaAdminClient
+from kafka import TopicPartition
+from kafka.errors import KafkaTimeoutError
+
+from stream.connection import Cluster
 
 __all__ = ["HoleReader", "LostTails", "Progress", "ProgressStore", "Record", "holes", "span"]
 
@@ -197,15 +200,16 @@ class LostTails:
 class HoleReader:
     """Reads ranges of the events topic directly, and where a partition starts for a group.
 
-    Blocking kafka-python calls: run them in a worker thread.
+    Blocking kafka-python calls: run them in a worker thread. Each raises a kafka-python error
+    when Kafka does not answer (a read, after `patience` seconds without a record): the caller
+    retries it (stream/outages.py).
     """
 
-    def __init__(self, bootstrap: str, topic: str, group: str):
-        self.topic, self.group = topic, group
-        self._consumer = KafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
-        )
-        self._admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    def __init__(self, cluster: Cluster, topic: str, group: str, patience: float = 30.0):
+        self.topic, self.group, self.patience = topic, group, patience
+        timeouts = {"request_timeout_ms": 10_000, "bootstrap_timeout_ms": 10_000}
+        self._consumer = cluster.consumer(group_id=None, enable_auto_commit=False, **timeouts)
+        self._admin = cluster.admin(**timeouts)
 
     def start(self, partition: int) -> int:
         """Where the group starts reading `partition`: its committed offset, else the log start
@@ -222,8 +226,13 @@ class HoleReader:
         self._consumer.assign([tp])
         self._consumer.seek(tp, max(start, self._consumer.beginning_offsets([tp])[tp]))
         records: list[Record] = []
+        waiting_since = time.monotonic()
         while self._consumer.position(tp) < end:
             polled = self._consumer.poll(timeout_ms=1000).get(tp, [])
+            if polled:
+                waiting_since = time.monotonic()
+            elif time.monotonic() - waiting_since > self.patience:
+                raise KafkaTimeoutError(f"no record of {tp} for {self.patience:.0f} s")
             records += [
                 Record(r.key, r.value, partition, r.offset, r.timestamp / 1000)
                 for r in polled

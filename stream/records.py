@@ -7,20 +7,29 @@ import struct
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from schemas import BehaviorEvent, DeadLetter, ErrorKind, EventType, InvalidMessage, decode_event
+from schemas import (
+    BehaviorEvent,
+    DeadLetter,
+    ErrorKind,
+    EventType,
+    InvalidMessage,
+    UserErasure,
+    decode_events_message,
+)
 
 __all__ = ["UserRecord", "dead_letter", "decode_keyed_event"]
 
 RECENT = 32  # event ids kept for duplicate detection, item ids kept out of recommendations
 
 
-def decode_keyed_event(key: bytes | None, value: bytes) -> BehaviorEvent:
-    """Decode an events-topic record and check it is keyed by its user.
+def decode_keyed_event(key: bytes | None, value: bytes) -> BehaviorEvent | UserErasure:
+    """Decode an events-topic record (an event, or an erasure of the user) and check it is
+    keyed by its user.
 
     A record keyed by anything else sits in another user's partition, so its user's state
     would be split across workers: it is rejected rather than applied out of order.
     """
-    event = decode_event(value)
+    event = decode_events_message(value)
     if key is None:
         raise InvalidMessage(ErrorKind.MISSING_KEY, "events must be keyed by user_id")
     if key != event.user_id.encode():
@@ -37,7 +46,7 @@ def dead_letter(
     """The dead-letter record for a rejected record, as JSON bytes."""
     return (
         DeadLetter(
-            payload=bytes(value),
+            payload=b"" if value is None else bytes(value),  # a tombstone is rejected too
             key=None if key is None else bytes(key),
             source_topic=topic,
             partition=partition,

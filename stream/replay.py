@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 from kafka.structs import OffsetAndMetadata
 from tqdm import tqdm
 
+from stream.connection import Cluster
 from stream.settings import Settings
 
 __all__ = ["ReplayError", "ReplayPlan", "add_arguments", "parse_position", "plan_replay", "run"]
@@ -149,13 +150,13 @@ def parse_position(
 
 
 def plan_replay(
-    bootstrap: str, topic: str, start: str, until: str | None, group: str
+    cluster: Cluster, topic: str, start: str, until: str | None, group: str
 ) -> ReplayPlan:
     """Resolve --from/--until against the topic, and the namespace's own committed offsets."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = cluster.consumer(group_id=None, enable_auto_commit=False)
     try:
         if topic not in consumer.topics():
-            raise ReplayError(f"topic {topic!r} does not exist on {bootstrap}")
+            raise ReplayError(f"topic {topic!r} does not exist on {cluster.bootstrap}")
         partitions = sorted(consumer.partitions_for_topic(topic))
         tps = {p: TopicPartition(topic, p) for p in partitions}
         beginning = {p: o for tp, o in consumer.beginning_offsets(list(tps.values())).items()
@@ -177,7 +178,7 @@ def plan_replay(
                 f"--from is after --until in partition(s) {', '.join(map(str, after))}: "
                 + ", ".join(f"{p}: {first[p]} > {last[p]}" for p in after)
             )
-    committed = _committed(bootstrap, group, topic)
+    committed = _committed(cluster, group, topic)
     if committed:
         # resume: the namespace's progress wins over --from
         first = {p: committed.get(p, first[p]) for p in partitions}
@@ -186,8 +187,8 @@ def plan_replay(
     return ReplayPlan(topic, first, last, resumed=bool(committed))
 
 
-def _committed(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+def _committed(cluster: Cluster, group: str, topic: str) -> dict[int, int]:
+    admin = cluster.admin()
     try:
         offsets = admin.list_group_offsets({group: None}).get(group, {})
     finally:
@@ -207,7 +208,7 @@ def check_unused(settings: Settings, model_version: str) -> None:
     left = [f"local states in {settings.data_dir}"] if any(
         any(settings.data_dir.glob(f"*/tables/{table}-*.db")) for table in tables
     ) else []  # fmt: skip
-    consumer = KafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=None)
+    consumer = settings.cluster.consumer(group_id=None)
     try:
         existing = consumer.topics()
     finally:
@@ -225,9 +226,9 @@ def check_unused(settings: Settings, model_version: str) -> None:
         )
 
 
-def commit_start(bootstrap: str, group: str, plan: ReplayPlan) -> None:
+def commit_start(cluster: Cluster, group: str, plan: ReplayPlan) -> None:
     """Point the new namespace's consumer group at the start: Faust begins there."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = cluster.admin()
     try:
         offsets = {
             TopicPartition(plan.topic, p): OffsetAndMetadata(o, "", -1)
@@ -244,12 +245,12 @@ def commit_start(bootstrap: str, group: str, plan: ReplayPlan) -> None:
 # --- the catalog check --------------------------------------------------------------------
 
 
-def check_catalog(bootstrap: str, topic: str, checkpoint) -> int:
+def check_catalog(cluster: Cluster, topic: str, checkpoint) -> int:
     """The item vectors a replay would score against must fit the checkpoint: same encoder,
     same width, and some of the items it was trained on. Returns the number of live items."""
     from stream.items import ItemVector
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    consumer = cluster.consumer(group_id=None, enable_auto_commit=False)
     try:
         partitions = consumer.partitions_for_topic(topic) if topic in consumer.topics() else None
         if not partitions:
@@ -380,17 +381,18 @@ def prepare(args: argparse.Namespace) -> tuple[Settings, ReplayPlan]:
     except Exception as error:
         raise ReplayError(f"cannot load checkpoint {args.checkpoint}: {error}") from None
     settings = replay_settings(args, checkpoint.version)
+    settings.cluster.check()  # a refused connection ends here, with its cause
     plan = plan_replay(
-        settings.bootstrap, settings.events_topic, args.start,
+        settings.cluster, settings.events_topic, args.start,
         None if args.follow else args.until, settings.app_id,
     )  # fmt: skip
     plan.per_event = not args.coalesce
     if not plan.resumed:
         check_unused(settings, checkpoint.version)
-    items = check_catalog(settings.bootstrap, settings.item_vectors_topic, checkpoint)
+    items = check_catalog(settings.cluster, settings.item_vectors_topic, checkpoint)
     ensure_topics(settings, only=[settings.updates_topic, settings.dead_letter_topic])
     if not plan.resumed:
-        commit_start(settings.bootstrap, settings.app_id, plan)
+        commit_start(settings.cluster, settings.app_id, plan)
     what = "resuming" if plan.resumed else "starting"
     total = "following live" if plan.total is None else f"{plan.total} events to go"
     print(
@@ -431,7 +433,7 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         from stream.report import write_report
 
-        for path in write_report(settings.bootstrap, [settings.updates_topic], args.report,
+        for path in write_report(settings.cluster, [settings.updates_topic], args.report,
                                  args.window):  # fmt: skip
             print(f"wrote {path}")
     return 0

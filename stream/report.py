@@ -15,7 +15,9 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
+
+from stream.connection import Cluster
 
 __all__ = ["add_arguments", "overlap", "prequential", "read_updates", "run", "write_report"]
 
@@ -23,17 +25,15 @@ K = 10
 WINDOWS = {"hour": timedelta(hours=1), "day": timedelta(days=1), "week": timedelta(weeks=1)}
 
 
-def read_updates(bootstrap: str, topic: str) -> dict[str, dict]:
+def read_updates(cluster: Cluster, topic: str) -> dict[str, dict]:
     """Every update in `topic` from its beginning to its current end, by update id (an update
     re-published after a crash has the same id and content). Record CRCs are not checked again:
     the broker checked them when they were produced, and kafka-python's CRC-32C is pure Python
     (100,000 updates: 19-23 s with the check, 5-6 s without; docs/benchmarks.md)."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, check_crcs=False
-    )
+    consumer = cluster.consumer(group_id=None, enable_auto_commit=False, check_crcs=False)
     try:
         if topic not in consumer.topics():
-            raise ValueError(f"topic {topic!r} does not exist on {bootstrap}")
+            raise ValueError(f"topic {topic!r} does not exist on {cluster.bootstrap}")
         tps = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
         consumer.assign(tps)
         consumer.seek_to_beginning()
@@ -42,6 +42,8 @@ def read_updates(bootstrap: str, topic: str) -> dict[str, dict]:
         while any(consumer.position(tp) < end[tp] for tp in tps):
             for records in consumer.poll(timeout_ms=1000, max_records=5000).values():
                 for record in records:
+                    if record.value is None:  # a forgotten user's tombstone
+                        continue
                     if record.offset < end[TopicPartition(record.topic, record.partition)]:
                         update = json.loads(record.value)
                         updates.setdefault(update["update_id"], update)
@@ -111,9 +113,9 @@ def overlap(a: dict[str, dict], b: dict[str, dict]) -> dict:
     return {"events": len(common), f"overlap@{K}": sum(shares) / len(shares) if shares else None}
 
 
-def write_report(bootstrap: str, topics: list[str], out: Path, window: str = "day") -> list[Path]:
+def write_report(cluster: Cluster, topics: list[str], out: Path, window: str = "day") -> list[Path]:
     """report.json (+ report.png) in `out` for one replay, or a comparison of several."""
-    updates = {topic: read_updates(bootstrap, topic) for topic in topics}
+    updates = {topic: read_updates(cluster, topic) for topic in topics}
     report = {"topics": {t: prequential(u, window) for t, u in updates.items()}}
     if len(topics) == 2:
         report["comparison"] = overlap(*updates.values())
@@ -178,7 +180,9 @@ def run(args: argparse.Namespace) -> int:
         print("error: give one topic, or two to compare", file=sys.stderr)
         return 2
     try:
-        paths = write_report(Settings.from_env().bootstrap, args.topics, args.out, args.window)
+        settings = Settings.from_env()
+        settings.cluster.check()
+        paths = write_report(settings.cluster, args.topics, args.out, args.window)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,26 +1,59 @@
-"""Worker settings, resolved once from the environment into an immutable object.
+"""Worker settings, resolved once into an immutable object (pydantic-settings).
 
 Every field can be set with an environment variable `CURRENTS_<FIELD>` (upper case), e.g.
-`CURRENTS_PARTITIONS=16`. `KAFKA_BOOTSTRAP` (host:port[,host:port]) points everything at an
-existing cluster instead of the local one.
+`CURRENTS_PARTITIONS=16`, or the same line in a `.env` file in the working directory (the
+environment wins). `KAFKA_BOOTSTRAP` (host:port[,host:port]) points everything at an existing
+cluster instead of the local one. The Kafka connection is `CURRENTS_KAFKA_<FIELD>`
+(stream/connection.py). A secret (a `SecretStr` field) can come from a file instead, as
+Kubernetes and Docker mount them: `CURRENTS_WEB_TOKEN_FILE=/run/secrets/token`. Secrets print
+as stars, and errors name the variable, never its value.
 """
 
 import os
 from pathlib import Path
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from dotenv import dotenv_values
+from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-__all__ = ["Settings"]
+from stream.connection import Cluster, KafkaSecurity
+
+__all__ = ["Settings", "SettingsError"]
 
 ENV_PREFIX = "CURRENTS_"
+ENV_FILE = ".env"
 
 
-class Settings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class SettingsError(ValueError):
+    """A setting that cannot be read (a secret file missing, a secret set twice); the message
+    names the variable, never a secret's value."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=ENV_FILE,
+        # CURRENTS_KAFKA_SASL_USERNAME -> kafka.sasl_username; flat fields are not split
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        frozen=True,
+        # a shared .env holds other programs' variables, and CURRENTS_KAFKA_HOME is the broker
+        # jars' cache: ignored here; a misspelt argument is refused by __init__
+        extra="ignore",
+        hide_input_in_errors=True,  # a rejected value may be a secret
+        validate_by_name=True,  # Settings(bootstrap=...) as well as the variables
+    )
 
     app_id: str = Field(default="currents", description="Faust app id = Kafka consumer group.")
     bootstrap: str = Field(
-        default="127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]."
+        default="127.0.0.1:9092",
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP", "CURRENTS_BOOTSTRAP"),
+        description="Kafka bootstrap servers, host:port[,host:port]; KAFKA_BOOTSTRAP wins.",
+    )
+    kafka: KafkaSecurity = Field(
+        default_factory=KafkaSecurity,
+        description="How every client connects: CURRENTS_KAFKA_SECURITY_PROTOCOL, ...",
     )
     events_topic: str = Field(default="currents.events", description="Behaviour events in.")
     catalog_topic: str = Field(default="currents.catalog", description="Item upserts/deletes in.")
@@ -39,6 +72,14 @@ class Settings(BaseModel):
     web_port: int = Field(default=6066, ge=1, le=65535, description="HTTP port of this worker.")
     web_host: str = Field(default="127.0.0.1", description="Address peers reach this worker at.")
     web_bind: str = Field(default="127.0.0.1", description="Interface the HTTP server binds to.")
+    web_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token every user and item endpoint requires (none: open); "
+        "or a file: CURRENTS_WEB_TOKEN_FILE.",
+    )
+    web_metrics_open: bool = Field(
+        default=True, description="Whether /metrics answers without the token."
+    )
     checkpoint: Path | None = Field(
         default=None, description="Model checkpoint (`currents train`); required by workers."
     )
@@ -66,32 +107,63 @@ class Settings(BaseModel):
     session_timeout: float = Field(
         default=30.0, ge=6, description="Seconds before a silent worker's partitions move."
     )
+    outage_budget: float = Field(
+        default=300.0,
+        gt=0,
+        description="Seconds a worker waits for an unavailable Kafka before it exits (code 70).",
+    )
 
     @property
     def broker_url(self) -> str:
         return ";".join(f"kafka://{server}" for server in self.bootstrap.split(","))
 
+    def __init__(self, **values: Any):
+        unknown = sorted(
+            name
+            for name in values
+            if not name.startswith("_") and name not in type(self).model_fields
+        )
+        if unknown:
+            raise TypeError(f"unknown settings: {', '.join(unknown)}")
+        super().__init__(**values)
+
     @classmethod
-    def from_env(cls, environ: dict[str, str] | None = None, **overrides) -> "Settings":
-        """Defaults, then `CURRENTS_*` variables (and `KAFKA_BOOTSTRAP`), then `overrides`."""
-        environ = os.environ if environ is None else environ
-        values = {
-            name: environ[ENV_PREFIX + name.upper()]
-            for name in cls.model_fields
-            if ENV_PREFIX + name.upper() in environ
-        }
-        if environ.get("KAFKA_BOOTSTRAP"):
-            values["bootstrap"] = environ["KAFKA_BOOTSTRAP"]
-        return cls.model_validate({**values, **overrides})
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings,
+                                   dotenv_settings, file_secret_settings):  # fmt: skip
+        """Arguments, then the environment, then secrets from `..._FILE` files, then `.env`."""
+        return init_settings, env_settings, _SecretFiles(settings_cls), dotenv_settings
+
+    @classmethod
+    def from_env(cls, **overrides) -> "Settings":
+        """Defaults, then `.env`, then `CURRENTS_*` variables (and `KAFKA_BOOTSTRAP`), then
+        `overrides`. Raises SettingsError, naming the variables, on invalid values."""
+        try:
+            return cls(**overrides)
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{ENV_PREFIX}{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}"
+                for e in error.errors(include_url=False, include_input=False)
+            )
+            raise SettingsError(f"invalid settings: {problems}") from None
+
+    @property
+    def cluster(self) -> Cluster:
+        """Where the cluster is and how to connect: every Kafka client is made from it."""
+        return Cluster(self.bootstrap, self.kafka)
 
     def to_env(self) -> dict[str, str]:
-        """The `CURRENTS_*` variables that reproduce these settings in a child process."""
-        return {ENV_PREFIX + name.upper(): str(value) for name, value in self if value is not None}
+        """The `CURRENTS_*` variables that reproduce these settings in a child process, secrets
+        included (a child's environment is as private as this process's)."""
+        return {
+            **_env_of(self, ENV_PREFIX, exclude={"kafka"}),
+            **_env_of(self.kafka, ENV_PREFIX + "KAFKA_"),
+        }
 
     def faust_options(self, replay: bool = False) -> dict:
         """Faust's app settings for these (stream/app.py); a replay's differ a little."""
         return dict(
             broker=self.broker_url,
+            broker_credentials=self.kafka.faust_credentials(),
             store="rocksdb://",
             datadir=str(self.data_dir),
             topic_partitions=self.partitions,
@@ -104,6 +176,8 @@ class Settings(BaseModel):
             # standby promoted at a rebalance served missing or stale user states. A partition
             # that moves is restored from its changelog instead, with the streams paused.
             table_standby_replicas=0,
+            # Sends wait out an outage: the worker's broker watch gives up first (stream/outages.py)
+            producer_request_timeout=self.outage_budget + 60.0,
             web_host=self.web_host,
             web_port=self.web_port,
             web_enabled=not replay,  # a replay is driven from its command line
@@ -116,3 +190,59 @@ class Settings(BaseModel):
             web_tables_enabled=False,
             web_router_enabled=False,
         )
+
+
+def _env_of(model: BaseModel, prefix: str, exclude: set[str] = frozenset()) -> dict[str, str]:
+    env = {}
+    for name, value in model:
+        if name in exclude or value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+            env[f"{prefix}{name.upper()}_FILE"] = ""  # not the parent's file: this value
+        env[prefix + name.upper()] = str(value)
+    return env
+
+
+def _secret_fields(model: type[BaseModel], prefix: str) -> dict[str, tuple[str, ...]]:
+    """`CURRENTS_..._FILE` variable -> the path of the secret field it fills."""
+    found = {}
+    for name, field in model.model_fields.items():
+        if field.annotation in (SecretStr, SecretStr | None):
+            found[f"{prefix}{name.upper()}_FILE"] = (name,)
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            nested = _secret_fields(field.annotation, f"{prefix}{name.upper()}_")
+            found.update({env: (name, *path) for env, path in nested.items()})
+    return found
+
+
+class _SecretFiles(PydanticBaseSettingsSource):
+    """Secrets read from the files `..._FILE` variables name (in the environment or `.env`):
+    `CURRENTS_KAFKA_SASL_PASSWORD_FILE=/run/secrets/kafka-password`. The file's content,
+    without a trailing line break, is the secret."""
+
+    def get_field_value(self, field, field_name):  # unused: __call__ reads every field at once
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        env_file = Path(ENV_FILE)
+        dotenv = dotenv_values(env_file) if env_file.is_file() else {}
+        variables = {**dotenv, **os.environ}
+        values: dict[str, Any] = {}
+        for variable, path in _secret_fields(self.settings_cls, ENV_PREFIX).items():
+            if not variables.get(variable):
+                continue
+            direct = variable.removesuffix("_FILE")
+            if variables.get(direct):
+                raise SettingsError(f"set {direct} or {variable}, not both")
+            try:
+                secret = Path(variables[variable]).read_text().rstrip("\r\n")
+            except OSError as error:
+                raise SettingsError(
+                    f"{variable}: cannot read {variables[variable]}: {error.strerror}"
+                ) from None
+            target = values
+            for key in path[:-1]:
+                target = target.setdefault(key, {})
+            target[path[-1]] = secret
+        return values

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from itertools import islice
 from pathlib import Path
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaError
 from pydantic import ValidationError
@@ -154,12 +154,12 @@ def run(args: argparse.Namespace) -> int:
             return 2
     quiet_kafka_logs()
     settings = Settings.from_env()
+    settings.cluster.check()  # a refused connection ends here, with its cause
     if not args.catalog and not args.json:
         titles = item_titles(settings)
     try:
-        consumer = KafkaConsumer(
+        consumer = settings.cluster.consumer(
             settings.updates_topic,
-            bootstrap_servers=settings.bootstrap,
             client_id="currents-tail",
             group_id=None,
             enable_auto_commit=False,
@@ -186,6 +186,8 @@ def run(args: argparse.Namespace) -> int:
 def _decoded(records: Iterable[ConsumerRecord]) -> Iterator[InterestUpdate]:
     """The records that are InterestUpdates; a warning on stderr for each one that is not."""
     for record in records:
+        if record.value is None:  # a forgotten user's tombstone (currents forget)
+            continue
         try:
             yield InterestUpdate.model_validate_json(record.value)
         except ValidationError as error:
@@ -203,9 +205,7 @@ def item_titles(settings: Settings, timeout: float = 10.0) -> dict[str, str]:
     """Every item's title as the item-vectors topic has it now (the workers' own catalog); an
     empty map when the topic cannot be read in `timeout` seconds: titles are a nicety."""
     try:
-        consumer = KafkaConsumer(
-            bootstrap_servers=settings.bootstrap, group_id=None, enable_auto_commit=False
-        )
+        consumer = settings.cluster.consumer(group_id=None, enable_auto_commit=False)
     except KafkaError:
         return {}
     titles: dict[str, str] = {}

@@ -11,6 +11,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from stream.outages import patiently
 from stream.settings import Settings
 
 __all__ = [
@@ -67,7 +68,16 @@ def ensure_changelog_topics(settings: Settings, names: list[str]) -> list[str]:
 
 
 def _ensure(settings: Settings, specs: dict[str, dict[str, str]]) -> list[str]:
-    admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap, client_id="currents-admin")
+    """Create what is missing, waiting out a broker outage (stream/outages.py)."""
+    return patiently(
+        lambda: _create_missing(settings, specs), "creating topics", settings.outage_budget
+    )
+
+
+def _create_missing(settings: Settings, specs: dict[str, dict[str, str]]) -> list[str]:
+    admin = settings.cluster.admin(
+        client_id="currents-admin", request_timeout_ms=10_000, bootstrap_timeout_ms=10_000
+    )
     try:
         existing = set(admin.list_topics())
         missing = [

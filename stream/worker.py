@@ -8,8 +8,10 @@ Faust's private API is reached only through stream/faust_compat.py.
 
 import asyncio
 import gc
+import hmac
 import logging
 import os
+import sys
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +20,7 @@ from typing import Protocol
 import faust
 import torch
 from aiokafka.errors import IllegalStateError
+from pydantic import SecretStr
 
 from model.checkpoint import Checkpoint, load_checkpoint
 from model.encoder import ItemEncoder, item_text
@@ -39,12 +42,13 @@ from stream.items import (
     text_digest,
 )
 from stream.metrics import Metrics
+from stream.outages import BrokerUnavailable, BrokerWatch, metadata_probe, patiently
 from stream.page import InterestHistory, render_user_page
 from stream.progress import HoleReader, LostTails, Progress, Record, span
 from stream.records import dead_letter
 from stream.settings import Settings
 
-__all__ = ["EXIT_FATAL", "Bounds", "Worker", "load_model"]
+__all__ = ["EXIT_FATAL", "Bounds", "Worker", "bearer_authorized", "load_model"]
 
 log = logging.getLogger(__name__)
 EXIT_FATAL = 70  # a batch failed for a reason that is not its input: exit before it is acked
@@ -131,6 +135,7 @@ class Worker:
         self._hole_reader: HoleReader | None = None  # made in the repair thread on first use
         self._encoder: ItemEncoder | None = None  # made in the encoder thread (SQLite cache)
         self._published: dict[str, bytes] = {}  # digests this worker sent, before it reads them
+        self.broker_watch = BrokerWatch(settings.outage_budget, metadata_probe(settings.cluster))
 
     # --- items --------------------------------------------------------------------------------
 
@@ -138,21 +143,23 @@ class Worker:
         """Keep the item matrix equal to the item-vectors topic (stream/items.py)."""
         loop = asyncio.get_running_loop()
         settings = self.settings
+        what, budget = "the item-vector follower", settings.outage_budget
         try:
             encoded = await loop.run_in_executor(
-                None, catalog_backlog_encoded, settings.bootstrap, settings.app_id,
-                settings.catalog_topic,
+                None, patiently, lambda: catalog_backlog_encoded(
+                    settings.cluster, settings.app_id, settings.catalog_topic
+                ), what, budget,
             )  # fmt: skip
 
             async def catalog_encoded() -> bool:
                 if self.bounds is not None:
                     return True  # a replay scores against the catalog as the live workers have it
                 await asyncio.sleep(0.5)  # the catalog agent commits every commit_interval
-                return await loop.run_in_executor(None, encoded)
+                return await loop.run_in_executor(None, patiently, encoded, what, budget)
 
             await follow_item_vectors(
-                settings.bootstrap, settings.item_vectors_topic, self.items,
-                self.items_loaded, catalog_encoded, self.items_ready,
+                settings.cluster, settings.item_vectors_topic, self.items,
+                self.items_loaded, catalog_encoded, self.items_ready, budget,
             )  # fmt: skip
         except Exception:
             # e.g. vectors from another encoder than the checkpoint's: nothing can be scored
@@ -310,10 +317,18 @@ class Worker:
         for outcome in outcomes:
             user = outcome.user_id.encode()
             with in_partition_of(contexts[outcome.last.partition]):
-                self.user_states[user] = outcome.record
+                if outcome.forgotten and user in self.user_states:
+                    del self.user_states[user]  # from the store, and a changelog tombstone
+                if outcome.record is not None:
+                    self.user_states[user] = outcome.record
             sends[outcome.last.partition] += self.user_states.take_sends()  # its changelog record
+            if outcome.forgotten:  # downstream and compacted copies drop theirs
+                updates.append((user, None))
+                self.metrics.erasures.inc()
             updates += [(user, update) for update in outcome.updates]
-            self.metrics.update_latency.observe(max(0.0, time.time() - outcome.last.appended_at))
+            if outcome.updates:
+                latency = time.time() - outcome.last.appended_at
+                self.metrics.update_latency.observe(max(0.0, latency))
             self.metrics.events.inc(outcome.applied)
             if outcome.applied:
                 self.history.record(outcome.user_id, time.time(), outcome.interests)
@@ -334,23 +349,36 @@ class Worker:
             ),
         )
 
-    # Both run in the repair thread, which owns the (blocking, kafka-python) HoleReader.
+    # Both run in the repair thread, which owns the (blocking, kafka-python) HoleReader; both
+    # wait out a broker outage (stream/outages.py).
     async def _committed(self, partition: int) -> int:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
-            self.repair_thread, lambda: self._reader().start(partition)
+            self.repair_thread, self._patiently, lambda: self._reader().start(partition)
         )
 
     def _read_range(self, partition: int, start: int, end: int) -> list[Record]:
-        return self._reader().read(partition, start, end)
+        return self._patiently(lambda: self._reader().read(partition, start, end))
+
+    def _patiently(self, call):
+        return patiently(call, "the hole reader", self.settings.outage_budget)
 
     def _reader(self) -> HoleReader:
         if self._hole_reader is None:
             settings = self.settings
             self._hole_reader = HoleReader(
-                settings.bootstrap, settings.events_topic, settings.app_id
-            )
+                settings.cluster, settings.events_topic, settings.app_id,
+                patience=min(30.0, settings.outage_budget),
+            )  # fmt: skip
         return self._hole_reader
+
+    async def watch_broker(self) -> None:
+        """Every few seconds: end the worker once Kafka has not answered for longer than the
+        outage budget (Faust's consumer and producer would wait for it forever)."""
+        try:
+            await self.broker_watch.check()
+        except BrokerUnavailable:
+            exit_fatal("Kafka is unavailable")
 
     # --- progress, the consumer, rebalances ---------------------------------------------------
 
@@ -476,6 +504,16 @@ class Worker:
         return self.metrics.render()
 
 
+def bearer_authorized(header: str | None, token: SecretStr | None) -> bool:
+    """Whether an Authorization header carries `token` (any header does when there is none).
+    Compared in constant time: how long a wrong guess takes says nothing of the token."""
+    if token is None:
+        return True
+    scheme, _, given = (header or "").partition(" ")
+    expected = token.get_secret_value().encode()
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), expected)
+
+
 def _record(event) -> Record:
     message = event.message
     return Record(event.key, event.value, message.partition, message.offset, message.timestamp)
@@ -484,7 +522,14 @@ def _record(event) -> Record:
 def exit_fatal(message: str) -> None:
     """Log the current exception and end the process at once: no ack, no commit, no cleanup
     that could mark unprocessed events as done. The supervisor (systemd, Kubernetes) restarts
-    the worker, which resumes from the last commit."""
-    log.critical(message, exc_info=True)
+    the worker, which resumes from the last commit. A broker outage past the budget is one line:
+    its cause is known, and a traceback would only bury it."""
+    error = sys.exc_info()[1]
+    while error is not None and not isinstance(error, BrokerUnavailable):
+        error = error.__cause__ or error.__context__
+    if error is not None:
+        log.critical("%s; exiting with code %d for a supervisor to restart", error, EXIT_FATAL)
+    else:
+        log.critical(message, exc_info=True)
     logging.shutdown()
     os._exit(EXIT_FATAL)

@@ -1,7 +1,9 @@
 """Fixtures shared by every test: a real Kafka cluster and per-test settings.
 
 The cluster is started once per session from Maven Central jars (see stream/local_kafka.py),
-or taken from KAFKA_BOOTSTRAP when that is set.
+or taken from KAFKA_BOOTSTRAP (and the CURRENTS_KAFKA_* connection) when that is set. The
+local one accepts only SASL_SSL (SCRAM-SHA-512, TLS with a generated CA): a client of the
+project that does not get the connection config fails the test that uses it.
 """
 
 import os
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from stream.connection import Cluster
 from stream.local_kafka import LocalKafka, free_port
 from stream.settings import Settings
 
@@ -18,27 +21,35 @@ TEST_PARTITIONS = 4
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka | None]:
+    """The session's secure local broker; None when KAFKA_BOOTSTRAP names a cluster."""
     if os.environ.get("KAFKA_BOOTSTRAP"):
-        yield os.environ["KAFKA_BOOTSTRAP"]
+        yield None
         return
-    kafka = LocalKafka(tmp_path_factory.mktemp("kafka"), partitions=TEST_PARTITIONS)
+    kafka = LocalKafka(tmp_path_factory.mktemp("kafka"), partitions=TEST_PARTITIONS, secure=True)
     kafka.start()
     try:
-        yield kafka.bootstrap
+        yield kafka
     finally:
         kafka.stop()
 
 
+@pytest.fixture(scope="session")
+def kafka_cluster(kafka_broker: LocalKafka | None) -> Cluster:
+    """Where the tests' cluster is and how to connect to it."""
+    return Settings.from_env().cluster if kafka_broker is None else kafka_broker.cluster
+
+
 @pytest.fixture()
-def settings_factory(kafka_bootstrap: str, tmp_path: Path) -> Callable[..., Settings]:
+def settings_factory(kafka_cluster: Cluster, tmp_path: Path) -> Callable[..., Settings]:
     """Settings with a unique app id and topics, so tests never see each other's data."""
     run = uuid.uuid4().hex[:8]
 
     def make(**overrides) -> Settings:
         values = dict(
             app_id=f"currents-test-{run}",
-            bootstrap=kafka_bootstrap,
+            bootstrap=kafka_cluster.bootstrap,
+            kafka=kafka_cluster.security,
             events_topic=f"events-{run}",
             catalog_topic=f"catalog-{run}",
             updates_topic=f"updates-{run}",

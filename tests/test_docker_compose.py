@@ -1,5 +1,6 @@
 """docker-compose.yml cannot run here (no Docker engine); check it against the real settings."""
 
+import os
 from pathlib import Path
 
 import yaml
@@ -15,6 +16,16 @@ def listeners(spec: str) -> dict[str, str]:
     return dict(item.split("://") for item in spec.split(","))
 
 
+def settings_of(env: dict, monkeypatch) -> Settings:
+    """The settings a container with exactly `env` reads."""
+    for name in list(os.environ):
+        if name.startswith(ENV_PREFIX) or name == "KAFKA_BOOTSTRAP":
+            monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, str(value))
+    return Settings.from_env()
+
+
 def test_broker_is_the_kafka_release_the_project_runs_locally():
     kafka = COMPOSE["services"]["kafka"]
     assert kafka["image"] == f"apache/kafka:{KAFKA_VERSION}"
@@ -23,25 +34,25 @@ def test_broker_is_the_kafka_release_the_project_runs_locally():
     assert env["KAFKA_NUM_PARTITIONS"] == Settings().partitions
 
 
-def test_worker_environment_names_only_real_settings():
+def test_worker_environment_names_only_real_settings(monkeypatch):
     known = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | {"KAFKA_BOOTSTRAP"}
     for name in WORKERS:
         env = COMPOSE["services"][name]["environment"]
         assert set(env) <= known, set(env) - known
-        settings = Settings.from_env({k: str(v) for k, v in env.items()})
+        settings = settings_of(env, monkeypatch)
         assert (
             settings.partitions
             == COMPOSE["services"]["kafka"]["environment"]["KAFKA_NUM_PARTITIONS"]
         )
 
 
-def test_workers_reach_the_broker_and_publish_their_web_port():
+def test_workers_reach_the_broker_and_publish_their_web_port(monkeypatch):
     kafka_env = COMPOSE["services"]["kafka"]["environment"]
     advertised = set(listeners(kafka_env["KAFKA_ADVERTISED_LISTENERS"]).values())
     data_volumes = set()
     for name in WORKERS:
         service = COMPOSE["services"][name]
-        settings = Settings.from_env({k: str(v) for k, v in service["environment"].items()})
+        settings = settings_of(service["environment"], monkeypatch)
         assert settings.bootstrap in advertised
         assert settings.web_host == name  # peers route HTTP requests to this name
         assert any(p.endswith(f":{settings.web_port}") for p in service["ports"])
@@ -50,10 +61,10 @@ def test_workers_reach_the_broker_and_publish_their_web_port():
     assert len(data_volumes) == len(WORKERS)  # RocksDB folders are never shared
 
 
-def test_workers_load_the_mounted_checkpoint_and_the_gpu_worker_runs_on_cuda():
+def test_workers_load_the_mounted_checkpoint_and_the_gpu_worker_runs_on_cuda(monkeypatch):
     for name in WORKERS:
         service = COMPOSE["services"][name]
-        settings = Settings.from_env({k: str(v) for k, v in service["environment"].items()})
+        settings = settings_of(service["environment"], monkeypatch)
         mounts = [volume.split(":")[1] for volume in service["volumes"]]
         assert any(str(settings.checkpoint).startswith(mount + "/") for mount in mounts)
     cpu, gpu = (COMPOSE["services"][name]["environment"] for name in WORKERS)
@@ -65,3 +76,10 @@ def test_gpu_worker_reserves_an_nvidia_device():
     assert gpu["profiles"] == ["gpu"]
     devices = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+
+
+def test_workers_are_restarted_when_they_exit_on_failure_and_given_time_to_stop():
+    for name in WORKERS:
+        service = COMPOSE["services"][name]
+        assert service["restart"] == "on-failure"  # exit code 70: restart and resume
+        assert service["stop_grace_period"] == "30s"  # a worker's stop is bounded by 20 s

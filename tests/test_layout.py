@@ -162,3 +162,79 @@ def test_private_faust_and_aiokafka_api_is_used_only_in_the_compat_module():
 
 def _private(name: str) -> bool:
     return name.startswith("_") and not name.startswith("__")
+
+
+CLIENT_MODULE = ROOT / "stream" / "connection.py"
+KAFKA_CLIENTS = {  # what connects to a cluster, by the library that provides it
+    "kafka": {"KafkaConsumer", "KafkaProducer", "KafkaAdminClient", "KafkaClient"},
+    "aiokafka": {"AIOKafkaConsumer", "AIOKafkaProducer", "AIOKafkaClient"},
+    "confluent_kafka": {"Producer", "Consumer", "AdminClient", "DeserializingConsumer"},
+}
+
+
+def kafka_clients_made(tree: ast.Module, apps: bool = True) -> list[str]:
+    """Kafka clients made (a client class called, imported or reached as an attribute), and
+    Faust apps on a Kafka broker made without the connection's credentials: each would
+    connect without the cluster's config. Imports alone (type annotations) are fine."""
+    imported = {
+        alias.asname or alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module
+        for alias in node.names
+        if alias.name in KAFKA_CLIENTS.get(node.module.split(".")[0], ())
+    }
+    attributes = set().union(*KAFKA_CLIENTS.values()) - {"Producer", "Consumer", "AdminClient"}
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        func = node.func
+        if (isinstance(func, ast.Name) and func.id in imported) or (
+            isinstance(func, ast.Attribute) and func.attr in attributes
+        ):
+            found.append(ast.unparse(func))
+        elif apps and ast.unparse(func) == "faust.App" and _on_kafka_without_credentials(node):
+            found.append("faust.App without broker_credentials")
+    return found
+
+
+def _on_kafka_without_credentials(app: ast.Call) -> bool:
+    keywords = {k.arg: k.value for k in app.keywords}
+    broker = keywords.get("broker")
+    in_memory = isinstance(broker, ast.Constant) and str(broker.value).startswith("memory://")
+    splatted = None in keywords  # **settings.faust_options(): credentials included
+    return not (in_memory or splatted or "broker_credentials" in keywords)
+
+
+def test_the_checker_finds_a_client_made_outside_the_connection_module():
+    tree = ast.parse(
+        "from kafka import KafkaConsumer\nimport aiokafka\nfrom confluent_kafka import Producer\n"
+        "def send(producer: Producer): ...\n"  # an annotation makes no client
+        "KafkaConsumer('t')\naiokafka.AIOKafkaProducer()\nProducer({})\n"
+        "faust.App('x', broker='kafka://h:1')\nfaust.App('y', **options)\n"
+        "faust.App('z', broker='memory://')\n"
+    )
+    assert kafka_clients_made(tree) == [
+        "KafkaConsumer", "aiokafka.AIOKafkaProducer", "Producer",
+        "faust.App without broker_credentials",
+    ]  # fmt: skip
+
+
+def test_every_kafka_client_is_made_from_the_one_connection_config():
+    """stream/connection.py makes every client (with TLS and SASL as configured); anywhere
+    else, in the code, the benchmarks or the tests, one would connect without them. (The
+    tests' Faust apps are never started: their workers run `currents worker`.)"""
+    paths = [
+        p for d in ("stream", "bench", "tests", "model") for p in sorted((ROOT / d).rglob("*.py"))
+    ]
+    made = {
+        str(path.relative_to(ROOT)): clients
+        for path in paths
+        if path != CLIENT_MODULE
+        and (
+            clients := kafka_clients_made(
+                ast.parse(path.read_text()), apps="tests" not in path.relative_to(ROOT).parts
+            )
+        )
+    }
+    assert made == {}

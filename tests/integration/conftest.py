@@ -70,5 +70,5 @@ def engine_settings(settings_factory, catalog, checkpoint_path, tmp_path):
     """Settings of a worker with a model; its topics exist and the catalog is published."""
     settings = settings_factory(checkpoint=checkpoint_path, encoder_cache=tmp_path / "vectors")
     ensure_topics(settings)
-    produce(settings.bootstrap, settings.catalog_topic, keyed(catalog, "item_id"))
+    produce(settings.cluster, settings.catalog_topic, keyed(catalog, "item_id"))
     return settings

@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
 from prometheus_client.parser import text_string_to_metric_families
 from rocksdict import AccessType, Options, Rdict
 
@@ -37,26 +36,24 @@ def keyed(messages, key_field: str) -> list[tuple[bytes, bytes]]:
     return [(getattr(m, key_field).encode(), m.model_dump_json().encode()) for m in messages]
 
 
-def produce(bootstrap: str, topic: str, records) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+def produce(cluster, topic: str, records) -> None:
+    producer = cluster.producer(acks="all", linger_ms=5)
     for key, value in records:
         producer.send(topic, key=key, value=value)
     producer.flush()
     producer.close()
 
 
-def produce_paced(bootstrap: str, topic: str, records, rate: float) -> threading.Thread:
+def produce_paced(cluster, topic: str, records, rate: float) -> threading.Thread:
     """Start producing `records` at `rate` a second in the background; join the thread to wait."""
-    thread = threading.Thread(target=produce, args=(bootstrap, topic, paced(records, rate)))
+    thread = threading.Thread(target=produce, args=(cluster, topic, paced(records, rate)))
     thread.start()
     return thread
 
 
-def consume(bootstrap: str, topic: str, until, timeout: float = 120.0) -> list:
+def consume(cluster, topic: str, until, timeout: float = 120.0) -> list:
     """Read `topic` from the beginning until `until(records)` is true; return the records."""
-    consumer = KafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", consumer_timeout_ms=1000
-    )
+    consumer = cluster.consumer(topic, auto_offset_reset="earliest", consumer_timeout_ms=1000)
     records = []
     try:
         wait_for(lambda: records.extend(consumer) or until(records), timeout, 0.0, f"{topic}")

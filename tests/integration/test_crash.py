@@ -30,7 +30,7 @@ def test_sigkill_mid_stream_then_restart_equals_an_uninterrupted_run(
     records = keyed(events, "user_id")
     users = sorted({e.user_id for e in events})
     counts = {user: sum(e.user_id == user for e in events) for user in users}
-    produce(base.bootstrap, base.events_topic, records[:1500])
+    produce(base.cluster, base.events_topic, records[:1500])
 
     crashing = base.model_copy(
         update={"app_id": f"{base.app_id}-crash", "data_dir": tmp_path / "a"}
@@ -38,7 +38,7 @@ def test_sigkill_mid_stream_then_restart_equals_an_uninterrupted_run(
     worker = start_worker(crashing)
     worker.wait_ready()
     wait_for(lambda: metric(worker, "currents_events_total") >= 1500, 120, what="first half")
-    second_half = produce_paced(base.bootstrap, base.events_topic, records[1500:], 400)
+    second_half = produce_paced(base.cluster, base.events_topic, records[1500:], 400)
     wait_for(lambda: metric(worker, "currents_events_total") >= 1800, 60, 0.05, "mid-stream")
     worker.kill()  # SIGKILL: no commit, no flush, no goodbye
     second_half.join()
@@ -81,7 +81,7 @@ def test_records_fetched_but_never_delivered_are_fetched_again(
     records = keyed(events, "user_id")
     users = sorted({e.user_id for e in events})
     counts = {user: sum(e.user_id == user for e in events) for user in users}
-    produce(engine_settings.bootstrap, engine_settings.events_topic, records)
+    produce(engine_settings.cluster, engine_settings.events_topic, records)
     faults = str(Path(__file__).parent / "faults")
     monkeypatch.setenv(
         "PYTHONPATH", os.pathsep.join(filter(None, [faults, os.environ.get("PYTHONPATH")]))
@@ -115,11 +115,11 @@ def test_workers_joining_and_leaving_mid_stream_apply_every_event_once_in_order(
     ]
     records = keyed(events, "user_id")
     users = sorted({e.user_id for e in events})
-    produce(first.bootstrap, first.events_topic, records[:1000])
+    produce(first.cluster, first.events_topic, records[:1000])
     original = start_worker(first)
     original.wait_ready()
     wait_for(lambda: metric(original, "currents_events_total") >= 1000, 120, what="first third")
-    rest = produce_paced(first.bootstrap, first.events_topic, records[1000:], 100)
+    rest = produce_paced(first.cluster, first.events_topic, records[1000:], 100)
     joiner = start_worker(second, "second")
     joiner.wait_ready()
     wait_for(lambda: metric(joiner, "currents_events_total") > 0, 60, what="second worker at work")

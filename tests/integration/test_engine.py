@@ -92,13 +92,13 @@ def test_valid_events_are_covered_once_match_the_offline_model_and_bad_ones_dead
     records.insert(1000, (b"someone-else", events[5].model_dump_json().encode()))
     worker = start_worker(settings)
     worker.wait_ready()
-    produce(settings.bootstrap, settings.events_topic, records)
+    produce(settings.cluster, settings.events_topic, records)
 
     expected = {e.event_id for e in events}
     updates = [
         InterestUpdate.model_validate_json(record.value)
         for record in consume(
-            settings.bootstrap,
+            settings.cluster,
             settings.updates_topic,
             lambda got: sum(len(json.loads(r.value)["events"]) for r in got) >= len(expected),
         )
@@ -113,7 +113,7 @@ def test_valid_events_are_covered_once_match_the_offline_model_and_bad_ones_dead
 
     letters = [
         DeadLetter.model_validate_json(r.value)
-        for r in consume(settings.bootstrap, settings.dead_letter_topic, lambda got: len(got) >= 7)
+        for r in consume(settings.cluster, settings.dead_letter_topic, lambda got: len(got) >= 7)
     ]
     assert sorted((letter.payload, letter.error_kind) for letter in letters) == sorted(
         [*bad.items(), (events[5].model_dump_json().encode(), ErrorKind.KEY_MISMATCH)]

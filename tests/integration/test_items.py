@@ -29,12 +29,12 @@ def test_new_item_reaches_every_worker_encoded_once_and_deletion_removes_it(
         worker.wait_ready()
     events = behaviour(catalog, users=16, events=400)
     produce(
-        first.bootstrap,
+        first.cluster,
         first.events_topic,
         keyed(events, "user_id"),
     )
     consume(
-        first.bootstrap,
+        first.cluster,
         first.updates_topic,
         lambda got: sum(len(json.loads(r.value)["events"]) for r in got) >= len(events),
     )
@@ -52,7 +52,7 @@ def test_new_item_reaches_every_worker_encoded_once_and_deletion_removes_it(
     )
     new = cold[template].model_copy(update={"item_id": "item-new"})
     sent = time.monotonic()
-    produce(first.bootstrap, first.catalog_topic, [(b"item-new", new.model_dump_json().encode())])
+    produce(first.cluster, first.catalog_topic, [(b"item-new", new.model_dump_json().encode())])
     wait_for(lambda: on_every_worker(workers, "item-new", True), BOUND_SECONDS, 0.1, "new item")
     print(f"new item on every worker after {time.monotonic() - sent:.2f}s")
 
@@ -65,7 +65,7 @@ def test_new_item_reaches_every_worker_encoded_once_and_deletion_removes_it(
 
     deletion = ItemDeletion(op="delete", item_id="item-new")
     produce(
-        first.bootstrap, first.catalog_topic, [(b"item-new", deletion.model_dump_json().encode())]
+        first.cluster, first.catalog_topic, [(b"item-new", deletion.model_dump_json().encode())]
     )
     wait_for(lambda: on_every_worker(workers, "item-new", False), BOUND_SECONDS, 0.1, "deletion")
     for view in served(workers[1], users).values():

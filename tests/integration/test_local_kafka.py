@@ -7,11 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kafka import KafkaAdminClient
+import pytest
 from kafka.admin import NewTopic
 
+from stream.connection import Cluster, ConnectionFailed
 from stream.local_kafka import free_port
 from stream.processes import wait_for
+from stream.settings import Settings
 
 
 def processes_mentioning(text: str) -> list[int]:
@@ -68,7 +70,7 @@ def test_kafka_start_status_stop_keeps_data_across_restarts(tmp_path):
         assert status.returncode == 0 and "serving" in status.stdout
         broker = int(re.search(r"pid=(\d+)", status.stdout).group(1))
         assert running(broker)
-        admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}")
+        admin = Cluster(f"127.0.0.1:{port}").admin()
         admin.create_topics([NewTopic("kept", 2, 1)])
         admin.close()
         assert currents("kafka", "stop", *where).returncode == 0
@@ -77,7 +79,7 @@ def test_kafka_start_status_stop_keeps_data_across_restarts(tmp_path):
         assert processes_mentioning(str(data)) == []
 
         assert currents("kafka", "start", *where).returncode == 0
-        admin = KafkaAdminClient(bootstrap_servers=f"127.0.0.1:{port}")
+        admin = Cluster(f"127.0.0.1:{port}").admin()
         assert "kept" in admin.list_topics()
         admin.close()
     finally:
@@ -85,7 +87,7 @@ def test_kafka_start_status_stop_keeps_data_across_restarts(tmp_path):
     assert processes_mentioning(str(data)) == []
 
 
-def test_run_command_streams_the_demo_and_stops_everything_on_ctrl_c(tmp_path):
+def test_run_command_streams_the_demo_restarts_its_worker_and_stops_all_on_ctrl_c(tmp_path):
     marker = str(tmp_path)  # in the broker's command line and the worker's environment
     env = {
         **{k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP"},
@@ -113,6 +115,15 @@ def test_run_command_streams_the_demo_and_stops_everything_on_ctrl_c(tmp_path):
         assert "user-7 moves from" in output, output
         children = [int(pid) for pid in re.findall(r"\(pid (\d+)", output)]
         assert len(children) == 2 and all(map(running, children)), output  # broker, worker
+        os.kill(children[1], signal.SIGKILL)  # the worker dies: the demo starts it again
+        for line in demo.stdout:
+            lines.append(line)
+            if line.startswith("Started the worker again"):
+                break
+        output = "".join(lines)
+        assert "The worker exited with code -9; starting it again in 1 s" in output, output
+        children.append(int(re.findall(r"\(pid (\d+)", output)[-1]))
+        assert running(children[-1]), output
         os.killpg(demo.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         assert demo.wait(90) == 0
     finally:
@@ -121,3 +132,28 @@ def test_run_command_streams_the_demo_and_stops_everything_on_ctrl_c(tmp_path):
     assert "Stopped." in demo.stdout.read()
     wait_for(lambda: not any(map(running, children)), 10, what="broker and worker gone")
     assert processes_mentioning(marker) == []
+
+
+def test_kafka_start_secure_accepts_only_the_user_it_prints_how_to_connect(tmp_path, monkeypatch):
+    port, data = free_port(consecutive=2), tmp_path / "kafka"
+    where = ["--kafka-dir", str(data), "--port", str(port)]
+    started = currents("kafka", "start", "--secure", *where)
+    try:
+        assert started.returncode == 0, started.stderr
+        password = (data / "security" / "client.password").read_text().strip()
+        assert "CURRENTS_KAFKA_SASL_PASSWORD_FILE=" in started.stdout
+        assert password not in started.stdout + started.stderr
+        for name in [n for n in os.environ if n.startswith("CURRENTS_") or n == "KAFKA_BOOTSTRAP"]:
+            monkeypatch.delenv(name)
+        monkeypatch.chdir(tmp_path)
+        (tmp_path / ".env").write_text((data / "client.env").read_text())  # as the output says
+        settings = Settings.from_env()
+        assert settings.kafka.security_protocol == "SASL_SSL"
+        settings.cluster.check()  # the printed settings connect
+        admin = settings.cluster.admin()
+        assert admin.list_topics() == []
+        admin.close()
+        with pytest.raises(ConnectionFailed, match="expects another security protocol"):
+            Cluster(settings.bootstrap).check()  # plaintext is refused
+    finally:
+        currents("kafka", "stop", *where)

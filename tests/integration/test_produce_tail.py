@@ -7,7 +7,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import TopicPartition
 
 from schemas import (
     EventRef,
@@ -40,9 +40,9 @@ def settings(settings_factory, monkeypatch):
     return settings
 
 
-def read_topic(bootstrap: str, topic: str, timeout: float = 20) -> list:
+def read_topic(cluster, topic: str, timeout: float = 20) -> list:
     """Every record of `topic`: as many as its end offsets say, so extras cannot hide."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    consumer = cluster.consumer(group_id=None)
     partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
     consumer.assign(partitions)
     consumer.seek_to_beginning()
@@ -77,13 +77,12 @@ def test_produce_sends_the_valid_rows_keyed_and_reports_the_bad(settings, tmp_pa
     assert f"{events_path}:6: invalid BehaviorEvent" in err
     assert f"{catalog_path}:4: invalid catalog message" in err
 
-    records = read_topic(settings.bootstrap, settings.events_topic)
+    records = read_topic(settings.cluster, settings.events_topic)
     assert sorted((r.key, r.value) for r in records) == sorted(
         (e.user_id.encode(), e.model_dump_json().encode()) for e in events
     )
     by_key = {
-        r.key: decode_catalog(r.value)
-        for r in read_topic(settings.bootstrap, settings.catalog_topic)
+        r.key: decode_catalog(r.value) for r in read_topic(settings.cluster, settings.catalog_topic)
     }
     assert by_key == {item.item_id.encode(): item for item in items}
 
@@ -94,8 +93,8 @@ def test_produce_paces_the_demo_world_after_its_catalog(settings, capsys):
     assert produce.run(parse(produce, argv)) == 0
     assert time.monotonic() - started >= 39 / 200  # the 40th event is due 0.195 s in
 
-    assert len(read_topic(settings.bootstrap, settings.catalog_topic)) == 240
-    records = read_topic(settings.bootstrap, settings.events_topic)
+    assert len(read_topic(settings.cluster, settings.catalog_topic)) == 240
+    records = read_topic(settings.cluster, settings.events_topic)
     assert len(records) == 40
     assert all(r.key == json.loads(r.value)["user_id"].encode() for r in records)
 
@@ -124,7 +123,7 @@ def published(settings):
         interest_update("user-a", {"Jazz": 0.7, "Space": 0.3}, ["jazz-01"]),
         interest_update("user-b", {"Chess": 0.9}, ["chess-02", "chess-03"]),
     ]
-    producer = KafkaProducer(bootstrap_servers=settings.bootstrap, acks="all")
+    producer = settings.cluster.producer(acks="all")
     producer.send(settings.updates_topic, key=b"user-a", value=b"\xff garbage", partition=0)
     for update in updates:
         value = update.model_dump_json().encode()
@@ -164,7 +163,7 @@ def test_tail_without_from_beginning_shows_only_new_updates(published, settings,
         target=lambda: codes.append(tail.run(parse(tail, ["--limit", "1", "--timeout", "20"])))
     )
     watcher.start()
-    producer = KafkaProducer(bootstrap_servers=settings.bootstrap, acks="all")
+    producer = settings.cluster.producer(acks="all")
     while watcher.is_alive():  # again and again: tail finds the end of the topic when it starts
         producer.send(
             settings.updates_topic, key=b"user-new", value=fresh.model_dump_json().encode()

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 from support import behaviour, keyed, metric, produce, rocksdb_records, served
 
 from model.checkpoint import load_checkpoint, save_checkpoint
@@ -39,18 +39,18 @@ def env_of(settings) -> dict[str, str]:
     return {**env, **settings.to_env(), "PYTHONUNBUFFERED": "1"}
 
 
-def topic_names(bootstrap: str) -> set[str]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+def topic_names(cluster) -> set[str]:
+    consumer = cluster.consumer(group_id=None)
     try:
         return set(consumer.topics())
     finally:
         consumer.close()
 
 
-def topic_snapshot(bootstrap: str, prefix: str | tuple[str, ...]) -> dict[str, list]:
+def topic_snapshot(cluster, prefix: str | tuple[str, ...]) -> dict[str, list]:
     """Every record of every topic whose name starts with `prefix`: (partition, offset, key,
     value)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    consumer = cluster.consumer(group_id=None)
     try:
         names = sorted(t for t in consumer.topics() if t.startswith(prefix))
         snapshot = {}
@@ -89,13 +89,13 @@ def test_replay_beside_a_live_worker(engine_settings, start_worker, catalog, tmp
     live = engine_settings
     events = behaviour(catalog, users=30, events=EVENTS)
     users = sorted({e.user_id for e in events})
-    produce(live.bootstrap, live.events_topic, keyed(events, "user_id"))
+    produce(live.cluster, live.events_topic, keyed(events, "user_id"))
     worker = start_worker(live)
     worker.wait_ready()
     wait_for(lambda: metric(worker, "currents_events_total") >= EVENTS, 120, what="live caught up")
 
     # Bad input: a clear error (exit 2) before any work, and nothing created.
-    before_topics = topic_names(live.bootstrap)
+    before_topics = topic_names(live.cluster)
     other_encoder = tmp_path / "other.pt"
     save_checkpoint(
         other_encoder, InterestModel(ModelConfig(n_items=2, text_dim=384)), {"item-0": 1},
@@ -111,14 +111,14 @@ def test_replay_beside_a_live_worker(engine_settings, start_worker, catalog, tmp
         result = run_replay(live, "--name", "bad", *args, tmp_path=tmp_path)
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr
-    assert topic_names(live.bootstrap) == before_topics
+    assert topic_names(live.cluster) == before_topics
 
     live_topics = (
         live.updates_topic,
         f"{live.app_id}-user-states",
         f"{live.app_id}-events-progress",
     )
-    live_before = topic_snapshot(live.bootstrap, live_topics)  # outputs, state changelogs
+    live_before = topic_snapshot(live.cluster, live_topics)  # outputs, state changelogs
     views_before = served(worker, users)
 
     first = run_replay(live, "--name", "a", "--report", str(tmp_path / "report"),
@@ -130,7 +130,7 @@ def test_replay_beside_a_live_worker(engine_settings, start_worker, catalog, tmp
 
     # A namespace retired by half: its consumer group deleted, its states kept in its changelogs
     # or its local stores. A fresh start there would take them for its own: refused.
-    admin = KafkaAdminClient(bootstrap_servers=live.bootstrap)
+    admin = live.cluster.admin()
     try:
         admin.delete_groups([f"{live.app_id}-replay-b"])
     finally:
@@ -143,12 +143,12 @@ def test_replay_beside_a_live_worker(engine_settings, start_worker, catalog, tmp
         assert f"holds an earlier run's states {left}" in reused.stderr, reused.stderr
 
     # The live side is untouched: same records in its output topic and changelogs, same views.
-    assert topic_snapshot(live.bootstrap, live_topics) == live_before
+    assert topic_snapshot(live.cluster, live_topics) == live_before
     assert len(live_before) == 3
     assert served(worker, users) == views_before
 
-    a = read_updates(live.bootstrap, "currents.replay.a.updates")
-    b = read_updates(live.bootstrap, "currents.replay.b.updates")
+    a = read_updates(live.cluster, "currents.replay.a.updates")
+    b = read_updates(live.cluster, "currents.replay.b.updates")
     assert len(a) == EVENTS and sorted(by_event(a)) == sorted(e.event_id for e in events)
     # Twice the same range, same checkpoint: the same outputs.
     assert a.keys() == b.keys()
@@ -172,7 +172,7 @@ def test_replay_beside_a_live_worker(engine_settings, start_worker, catalog, tmp
     # --coalesce: one update per user and batch, as live; the same events, ranks and views.
     coalesced = run_replay(live, "--name", "d", "--coalesce", tmp_path=tmp_path)
     assert coalesced.returncode == 0, coalesced.stdout + coalesced.stderr
-    d = read_updates(live.bootstrap, "currents.replay.d.updates")
+    d = read_updates(live.cluster, "currents.replay.d.updates")
     refs = {ref["event_id"]: ref for update in d.values() for ref in update["events"]}
     assert len(d) < EVENTS and len(refs) == sum(len(u["events"]) for u in d.values()) == EVENTS
     assert refs == {event_id: update["events"][0] for event_id, update in replayed.items()}
@@ -193,7 +193,7 @@ def test_replay_beside_a_live_worker(engine_settings, start_worker, catalog, tmp
         topic = f"currents.replay.{name}.updates"
         try:
             wait_for(
-                lambda t=topic: len(topic_snapshot(live.bootstrap, t).get(t, [])) >= EVENTS // 3,
+                lambda t=topic: len(topic_snapshot(live.cluster, t).get(t, [])) >= EVENTS // 3,
                 120, 0.2, "a third of the replay", process=replay,
             )  # fmt: skip
             replay.send_signal(stop)
@@ -209,14 +209,14 @@ def test_replay_beside_a_live_worker(engine_settings, start_worker, catalog, tmp
         assert resumed.returncode == 0 and "resuming" in resumed.stdout, (
             resumed.stdout + resumed.stderr
         )
-        records = topic_snapshot(live.bootstrap, topic)[topic]
+        records = topic_snapshot(live.cluster, topic)[topic]
         published = [json.loads(value) for *_, value in records]
         covered = {ref["event_id"] for update in published for ref in update["events"]}
         assert covered == {e.event_id for e in events}
         for update in published:  # re-published ones too: same id, same view
             assert_same_update(update, a[update["update_id"]])
         if stop == signal.SIGINT:
-            got = read_updates(live.bootstrap, topic)
+            got = read_updates(live.cluster, topic)
             assert got.keys() == a.keys()
             for update_id, update in got.items():
                 assert update["events"][-1] == a[update_id]["events"][-1]  # ranks included

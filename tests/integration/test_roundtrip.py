@@ -13,7 +13,7 @@ def test_user_states_live_in_rocksdb_and_are_restored_from_the_changelog(
     settings = engine_settings
     events = behaviour(catalog, users=12, events=240)
     produce(
-        settings.bootstrap,
+        settings.cluster,
         settings.events_topic,
         keyed(events, "user_id"),
     )
@@ -23,7 +23,7 @@ def test_user_states_live_in_rocksdb_and_are_restored_from_the_changelog(
     worker = start_worker(settings)
     worker.wait_ready()
     consume(
-        settings.bootstrap,
+        settings.cluster,
         settings.updates_topic,
         lambda got: sum(len(json.loads(r.value)["events"]) for r in got) >= len(events),
     )

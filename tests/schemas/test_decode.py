@@ -13,8 +13,10 @@ from schemas import (
     InvalidMessage,
     ItemDeletion,
     ItemUpsert,
+    UserErasure,
     decode_catalog,
     decode_event,
+    decode_events_message,
 )
 from schemas.common import EARLIEST_EPOCH_MS, LATEST_EPOCH_MS
 
@@ -180,3 +182,23 @@ def test_near_valid_json_decodes_or_raises_invalid_message(fields: dict):
         decode_event(raw)
     except InvalidMessage as error:
         assert error.kind is ErrorKind.SCHEMA_VIOLATION
+
+
+def test_the_events_topic_carries_events_and_erasures_and_nothing_else():
+    assert decode_events_message(encode()) == decode_event(encode())
+    erasure = decode_events_message(
+        b'{"op": "forget", "user_id": "u-1", "requested_at": 1714557600000}'
+    )
+    assert erasure == UserErasure(
+        op="forget", user_id="u-1", requested_at=datetime(2024, 5, 1, 10, tzinfo=UTC)
+    )
+    for raw, says in [
+        (b'{"op": "erase", "user_id": "u-1"}', "op must be absent"),
+        (b'{"op": "forget", "user_id": "u-1"}', "requested_at"),
+        (encode(op="forget"), "invalid events-topic message"),
+    ]:
+        with pytest.raises(InvalidMessage, match=says) as caught:
+            decode_events_message(raw)
+        assert caught.value.kind is ErrorKind.SCHEMA_VIOLATION
+    with pytest.raises(InvalidMessage, match="invalid BehaviorEvent"):
+        decode_event(erasure.model_dump_json().encode())  # a training log takes events only

@@ -15,6 +15,7 @@ def test_schemas_export_writes_one_json_schema_per_message(tmp_path, capsys):
         "CatalogMessage.schema.json",
         "DeadLetter.schema.json",
         "InterestUpdate.schema.json",
+        "UserErasure.schema.json",
     ]
     event = json.loads((tmp_path / "out" / "BehaviorEvent.schema.json").read_text())
     assert event["additionalProperties"] is False

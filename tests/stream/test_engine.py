@@ -12,7 +12,15 @@ import torch
 from model.checkpoint import load_checkpoint, save_checkpoint
 from model.config import ModelConfig, event_type_index
 from model.interest import InterestModel, top_n
-from schemas import BehaviorEvent, ErrorKind, EventType, InterestUpdate, InvalidMessage, Reason
+from schemas import (
+    BehaviorEvent,
+    ErrorKind,
+    EventType,
+    InterestUpdate,
+    InvalidMessage,
+    Reason,
+    UserErasure,
+)
 from stream.engine import Engine, Incoming
 from stream.items import ItemMatrix, ItemVector
 from stream.records import UserRecord
@@ -241,6 +249,58 @@ def test_redelivered_events_are_not_applied_twice_but_republished_identically(
         )  # fmt: skip
         states = engine.checkpoint.decode_states([got.state, expected.state])
         assert torch.allclose(states.h[0], states.h[1], atol=1e-5)
+
+
+def with_erasure(stream, user: str, at: int):
+    """`stream` with an erasure of `user` inserted at position `at`, offsets renumbered."""
+    erasure = UserErasure(op="forget", user_id=user, requested_at=datetime(2024, 2, 1, tzinfo=UTC))
+    messages = [m for m, _, _ in stream]
+    messages.insert(at, erasure)
+    offsets, out = {}, []
+    for message in messages:
+        partition = int(message.user_id[1:]) % 2
+        offsets[partition] = offsets.get(partition, -1) + 1
+        out.append((message, partition, offsets[partition]))
+    return out
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 64])
+def test_an_erasure_forgets_the_user_where_it_stands_in_the_stream(checkpoint, engine, batch_size):
+    stream = with_erasure(stream_of(users=4, events=40), "u1", at=25)
+    stored, forgotten = {}, []
+    updates = []
+    for start in range(0, len(stream), batch_size):
+        batch = [admit(engine, *item) for item in stream[start : start + batch_size]]
+        for outcome in engine.apply(stored, batch):
+            stored[outcome.user_id] = outcome.record
+            forgotten += [outcome.user_id] * outcome.forgotten
+            updates += [InterestUpdate.model_validate_json(u) for u in outcome.updates]
+    assert forgotten == ["u1"]
+    after = [m for m, _, _ in stream[26:] if m.user_id == "u1"]
+    assert after  # u1's later events start from a fresh state: nothing before the erasure
+    expected = offline(checkpoint, engine, after)
+    record = UserRecord.from_bytes(stored["u1"])
+    assert torch.allclose(checkpoint.decode_states([record.state]).h, expected.h, atol=1e-5)
+    assert set(record.recent_events) == {m.event_id for m in after}
+    last = [u for u in updates if u.user_id == "u1"][-1]
+    assert {ref.event_id for ref in last.events} <= {m.event_id for m in after}
+    for user in ("u0", "u2", "u3"):  # the others are untouched
+        events = [m for m, _, _ in stream if m.user_id == user]
+        state = checkpoint.decode_states([UserRecord.from_bytes(stored[user]).state])
+        assert torch.allclose(state.h, offline(checkpoint, engine, events).h, atol=1e-5)
+
+
+def test_an_erasure_alone_leaves_no_record_and_is_idempotent(engine):
+    stream = stream_of(users=2, events=10)
+    stored, _ = run(engine, stream, 10)
+    erasure = with_erasure(stream, "u0", at=len(stream))[-1]
+    for _ in range(2):  # redelivered after a crash: the same outcome
+        (outcome,) = engine.apply(stored, [admit(engine, *erasure)])
+        assert (outcome.user_id, outcome.record, outcome.updates) == ("u0", None, [])
+        assert outcome.forgotten and outcome.last.offset == erasure[2]
+        stored["u0"] = outcome.record
+    with pytest.raises(InvalidMessage, match="not the event's user_id"):
+        engine.admit(b"u1", erasure[0].model_dump_json().encode(), 0, 99, 0.0)
 
 
 def test_duplicate_event_ids_are_dropped(engine):

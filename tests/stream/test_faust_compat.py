@@ -234,3 +234,20 @@ def test_the_supported_range_is_the_one_pyproject_pins():
     for name, (low, high) in stream.faust_compat.SUPPORTED.items():
         dotted = [".".join(map(str, version)) for version in (low, high)]
         assert pins[name] == f">={dotted[0]},<{dotted[1]}"
+
+
+def test_a_failed_metadata_update_waits_before_the_next_is_asked_for():
+    from stream.connection import Cluster
+    from stream.faust_compat import METADATA_RETRY_SECONDS, pace_failed_metadata_updates
+
+    pace_failed_metadata_updates()
+    pace_failed_metadata_updates()  # once only
+
+    async def timed() -> float:
+        client = Cluster("127.0.0.1:1").aio_consumer()._client  # nothing listens there
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await client._metadata_update(client.cluster, [])
+        return loop.time() - started
+
+    assert METADATA_RETRY_SECONDS <= asyncio.run(timed()) < METADATA_RETRY_SECONDS + 0.4
