@@ -26,7 +26,7 @@ $(VENV)/.ready: pyproject.toml
 	$(BIN)/currents kafka fetch
 	@# the browser test of the user page uses Debian's headless Chromium (skipped without it)
 	command -v chromium >/dev/null || ! command -v apt-get >/dev/null \
-		|| $(SUDO) apt-get install -y --no-install-recommends chromium \
+		|| ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y --no-install-recommends chromium) \
 		|| echo "chromium not installed: the browser test will be skipped"
 	touch $@
 
