@@ -67,12 +67,8 @@ def patiently(
         try:
             return call()
         except Exception as error:
-            if not retriable(error):
-                raise
-            if clock() + delay > deadline:
-                raise _give_up(what, budget, error) from error
-            log.warning("%s: Kafka unavailable (%s); trying again in %.1f s", what, error, delay)
-            sleep(delay)
+            late = clock() + delay > deadline
+            sleep(_retry_delay(error, what, budget, late, delay))
             delay = min(MAX_DELAY, delay * 2)
 
 
@@ -88,13 +84,20 @@ async def apatiently(
         try:
             return await call()
         except Exception as error:
-            if not retriable(error):
-                raise
-            if clock() + delay > deadline:
-                raise _give_up(what, budget, error) from error
-            log.warning("%s: Kafka unavailable (%s); trying again in %.1f s", what, error, delay)
-            await asyncio.sleep(delay)
+            late = clock() + delay > deadline
+            await asyncio.sleep(_retry_delay(error, what, budget, late, delay))
             delay = min(MAX_DELAY, delay * 2)
+
+
+def _retry_delay(error: Exception, what: str, budget: float, late: bool, delay: float) -> float:
+    """The wait before the next try after `error`; the error itself when it is not an outage,
+    BrokerUnavailable when waiting would pass the budget."""
+    if not retriable(error):
+        raise error
+    if late:
+        raise _give_up(what, budget, error) from error
+    log.warning("%s: Kafka unavailable (%s); trying again in %.1f s", what, error, delay)
+    return delay
 
 
 class BrokerWatch:
