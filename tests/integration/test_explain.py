@@ -55,7 +55,7 @@ def test_updates_views_and_pages_say_why(
     events = behaviour(catalog, users=6, events=120)
     worker = start_worker(settings)
     worker.wait_ready()
-    produce(settings.bootstrap, settings.events_topic, keyed(events, "user_id"))
+    produce(settings.cluster, settings.events_topic, keyed(events, "user_id"))
     wait_for(
         lambda: sum(
             (get_json(worker.url(f"/users/{u}/interests"))[1] or {}).get("events_applied", 0)
@@ -109,7 +109,7 @@ def test_a_browser_renders_a_users_page(engine_settings, start_worker, catalog, 
     events = behaviour(catalog, users=2, events=40)
     worker = start_worker(settings)
     worker.wait_ready()
-    produce(settings.bootstrap, settings.events_topic, keyed(events, "user_id"))
+    produce(settings.cluster, settings.events_topic, keyed(events, "user_id"))
     user = events[-1].user_id
     mine = sum(e.user_id == user for e in events)
     wait_for(
@@ -119,7 +119,7 @@ def test_a_browser_renders_a_users_page(engine_settings, start_worker, catalog, 
     )  # fmt: skip
     view = get_json(worker.url(f"/users/{user}/interests"))[1]
     published = consume(
-        settings.bootstrap, settings.updates_topic,
+        settings.cluster, settings.updates_topic,
         lambda got: sum(len(json.loads(r.value)["events"]) for r in got if r.key == user.encode())
         >= mine,
     )  # fmt: skip
