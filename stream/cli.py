@@ -86,8 +86,14 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from stream.outages import EXIT_FATAL, BrokerUnavailable, patiently
+
     settings = Settings.from_env()
-    settings.cluster.check()  # a refused connection ends here, with its cause (before torch)
+    try:  # a refusal ends here, with its cause (before torch); an outage is waited out
+        patiently(settings.cluster.check, "connecting to Kafka", settings.outage_budget)
+    except BrokerUnavailable as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FATAL
 
     from stream.app import create_app, create_worker
     from stream.topics import ensure_topics

@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-__all__ = ["Cluster", "ConnectionFailed", "KafkaSecurity"]
+__all__ = ["BrokerUnreachable", "Cluster", "ConnectionFailed", "KafkaSecurity"]
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
@@ -40,6 +40,12 @@ logging.getLogger("kafka.admin.client").addFilter(_NoConfigurationDump())
 class ConnectionFailed(Exception):
     """The cluster cannot be reached or refused this client; the message says why in one line
     and never holds a secret."""
+
+
+class BrokerUnreachable(ConnectionFailed):
+    """No bootstrap server answered at all (connection refused, no route, timed out), as
+    during a broker restart: an outage, worth waiting out. A server that answers but refuses
+    this client (TLS, SASL, protocol) raises ConnectionFailed itself: waiting will not help."""
 
 
 class KafkaSecurity(BaseModel):
@@ -211,9 +217,9 @@ class Cluster:
             raise ConnectionFailed(f"cannot connect to Kafka: {error}") from None
         servers = [server.strip() for server in self.bootstrap.split(",")]
 
-        async def first_accepting() -> dict[str, str]:
+        async def first_accepting() -> dict[str, BaseException]:
             """All servers at once, so the whole check takes at most `timeout`: {} as soon
-            as one accepts, else each server's reason."""
+            as one accepts, else each server's error."""
             probes = {
                 asyncio.ensure_future(
                     probe_broker(server.rpartition(":")[0], int(server.rpartition(":")[2]),
@@ -221,7 +227,7 @@ class Cluster:
                 ): server
                 for server in servers
             }  # fmt: skip
-            reasons = {}
+            errors = {}
             while probes:
                 done, _ = await asyncio.wait(probes, return_when=asyncio.FIRST_COMPLETED)
                 for probe in done:
@@ -231,13 +237,14 @@ class Cluster:
                             other.cancel()
                         await asyncio.gather(*probes, return_exceptions=True)
                         return {}
-                    reasons[server] = self._reason(probe.exception(), timeout)
-            return reasons
+                    errors[server] = probe.exception()
+            return errors
 
-        reasons = asyncio.run(first_accepting())
-        if reasons:
-            listed = "; ".join(f"{server}: {reasons[server]}" for server in servers)
-            raise ConnectionFailed(
+        errors = asyncio.run(first_accepting())
+        if errors:
+            listed = "; ".join(f"{s}: {self._reason(errors[s], timeout)}" for s in servers)
+            unreachable = all(_unreachable(error) for error in errors.values())
+            raise (BrokerUnreachable if unreachable else ConnectionFailed)(
                 f"cannot connect to Kafka ({self.security.describe()}): {listed}"
             )
 
@@ -306,3 +313,8 @@ class Cluster:
         return Producer(
             {"bootstrap.servers": self.bootstrap, **self.security.librdkafka(), **options}
         )
+
+
+def _unreachable(error: BaseException) -> bool:
+    """Whether a probe's error means nothing answered, rather than a refusal."""
+    return isinstance(error, (TimeoutError, OSError)) and not isinstance(error, ssl.SSLError)

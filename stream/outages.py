@@ -17,9 +17,10 @@ from typing import TypeVar
 import aiokafka.errors
 import kafka.errors
 
-from stream.connection import Cluster
+from stream.connection import BrokerUnreachable, Cluster
 
 __all__ = [
+    "EXIT_FATAL",
     "BrokerUnavailable",
     "BrokerWatch",
     "apatiently",
@@ -30,6 +31,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# the worker's exit code when it cannot go on for a reason that is not its input (Kafka past the
+# outage budget, a batch that failed): exit before anything is acked, for a supervisor to restart
+EXIT_FATAL = 70
 FIRST_DELAY, MAX_DELAY = 0.5, 5.0  # seconds between tries: doubling from the first, capped
 
 
@@ -39,7 +43,9 @@ class BrokerUnavailable(RuntimeError):
 
 def retriable(error: BaseException) -> bool:
     """Whether `error` is one a broker outage causes (connection, timeout, no leader, no
-    coordinator): worth trying again rather than giving up."""
+    coordinator, no bootstrap server answering): worth trying again rather than giving up."""
+    if isinstance(error, BrokerUnreachable):
+        return True
     if isinstance(error, (kafka.errors.KafkaError, aiokafka.errors.KafkaError)):
         return error.retriable or type(error) is aiokafka.errors.KafkaError  # "no metadata"
     return isinstance(error, (OSError, asyncio.TimeoutError))

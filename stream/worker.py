@@ -42,16 +42,21 @@ from stream.items import (
     text_digest,
 )
 from stream.metrics import Metrics
-from stream.outages import BrokerUnavailable, BrokerWatch, metadata_probe, patiently
+from stream.outages import (
+    EXIT_FATAL,
+    BrokerUnavailable,
+    BrokerWatch,
+    metadata_probe,
+    patiently,
+)
 from stream.page import InterestHistory, render_user_page
 from stream.progress import HoleReader, LostTails, Progress, Record, span
 from stream.records import dead_letter
 from stream.settings import Settings
 
-__all__ = ["EXIT_FATAL", "Bounds", "Worker", "bearer_authorized", "load_model"]
+__all__ = ["Bounds", "Worker", "bearer_authorized", "load_model"]
 
 log = logging.getLogger(__name__)
-EXIT_FATAL = 70  # a batch failed for a reason that is not its input: exit before it is acked
 
 
 class Bounds(Protocol):

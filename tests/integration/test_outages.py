@@ -18,10 +18,10 @@ from support import behaviour, keyed, metric, produce
 from model.checkpoint import load_checkpoint
 from schemas import ItemUpsert
 from stream.local_kafka import LocalKafka, free_port
+from stream.outages import EXIT_FATAL
 from stream.processes import get_json, wait_for
 from stream.records import UserRecord
 from stream.topics import changelog_topic, state_tables
-from stream.worker import EXIT_FATAL
 
 RATE, EVENTS, DOWN = 400, 10_000, 15.0  # 25 s of stream; the broker away for 15 s
 STOP_BOUND = 30.0
@@ -153,6 +153,10 @@ def test_an_outage_past_the_budget_ends_a_worker_sigterm_ends_another_a_restart_
         time.sleep(3)  # batches in flight wait for the broker
         stopped, took = stop_within(other)  # SIGTERM during the outage
         code = worker.process.wait(20 + 30)  # the budget, then the watch's period and a margin
+        # a worker (re)started while Kafka is still away waits for it instead of exiting
+        restarted = start_worker(settings.model_copy(update={"outage_budget": 90.0}))
+        time.sleep(8)
+        waited = restarted.alive()
     finally:
         outage_kafka.start()
     assert took < STOP_BOUND, other.tail()
@@ -163,8 +167,8 @@ def test_an_outage_past_the_budget_ends_a_worker_sigterm_ends_another_a_restart_
     assert not lines[critical[0] + 1 :] or not lines[critical[0] + 1].startswith("Traceback")
     assert re.search(r"Kafka has not answered for 20 s, the outage budget", lines[critical[0]])
 
+    assert waited, restarted.tail()
     stream.finish()
-    restarted = start_worker(settings)
     wait_until_exact(settings, checkpoint_path, expected, 180, "restarted after the budget")
     assert stop_within(restarted)[0] == 0, restarted.tail()
 

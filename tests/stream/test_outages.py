@@ -6,6 +6,7 @@ import aiokafka.errors
 import kafka.errors
 import pytest
 
+from stream.connection import BrokerUnreachable, ConnectionFailed
 from stream.outages import BrokerUnavailable, BrokerWatch, patiently, retriable
 
 
@@ -58,6 +59,16 @@ def test_an_error_an_outage_does_not_cause_is_raised_at_once():
     assert not retriable(ValueError("bad input"))
     assert retriable(aiokafka.errors.KafkaConnectionError())
     assert retriable(aiokafka.errors.KafkaError("Unable to get cluster metadata"))
+
+
+def test_a_broker_that_does_not_answer_is_waited_for_one_that_refuses_is_not():
+    clock = Clock()
+    call, calls = failing(3, BrokerUnreachable("127.0.0.1:9092: Connection refused"), clock)
+    assert patiently(call, "connecting to Kafka", 60, clock, clock.sleep) == "answer"
+    call, calls = failing(3, ConnectionFailed("authentication failed"), clock)
+    with pytest.raises(ConnectionFailed, match="authentication failed"):
+        patiently(call, "connecting to Kafka", 60, clock, clock.sleep)
+    assert len(calls) == 1
 
 
 def test_the_watch_gives_up_only_after_the_budget_without_an_answer():
