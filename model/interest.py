@@ -97,16 +97,20 @@ class InterestModel(nn.Module):
         self.text_proj = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.LayerNorm(d))
         self.id_emb = nn.Embedding(cfg.n_items, d, padding_idx=0)
         self.type_emb = nn.Embedding(cfg.n_event_types, cfg.type_dim, padding_idx=0)
-        self.in_proj = nn.Linear(d + cfg.type_dim + N_GAP_FEATURES, d)
+        self.feat_proj = nn.Linear(cfg.type_dim + N_GAP_FEATURES, d)
         self.drop = nn.Dropout(cfg.dropout)
         self.lstm = nn.LSTM(d, d, batch_first=True)
         self.attn = WindowAttention(cfg)
         self.ln_mlp = nn.LayerNorm(d)
         self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
         self.ln_f = nn.LayerNorm(d)
+        # Items start small, as scoring vectors must for the first softmax to be near uniform:
+        # id vectors at std 0.02, the text part at unit norm (its norm's gain at 1/sqrt(d)).
+        # As inputs they are scaled up by sqrt(d) (see _inputs).
         nn.init.normal_(self.id_emb.weight, std=0.02)
         with torch.no_grad():
             self.id_emb.weight[0].zero_()
+            self.text_proj[-1].weight.fill_(d**-0.5)
 
     @torch.no_grad()
     def fit_text_statistics(self, text_vecs: torch.Tensor) -> None:
@@ -135,9 +139,16 @@ class InterestModel(nn.Module):
         return ids.index_add(0, rows, text)
 
     def _inputs(self, item_vecs, event_type, gap, first) -> torch.Tensor:
-        # item_vecs (..., d), event_type (...), gap (...) float64, first (...) bool -> (..., d)
-        x = torch.cat([item_vecs, self.type_emb(event_type), gap_features(gap, first)], dim=-1)
-        return self.drop(self.in_proj(x))
+        """item_vecs (..., d), event_type (...), gap (...) float64, first (...) bool -> (..., d).
+
+        The item's own vector, scaled by sqrt(d) as Transformers scale token embeddings, plus
+        its event type and time gap. Added rather than mixed by a linear layer: the scoring
+        vectors then reach the recurrence and the attention as they are, which is what lets
+        item-to-item relations learnt at the output be used at the input (amazon-office
+        NDCG@10, ids only: 0.057 against 0.047 through a linear layer, 0.043 unscaled).
+        """
+        features = torch.cat([self.type_emb(event_type), gap_features(gap, first)], dim=-1)
+        return self.drop(self.cfg.d_model**0.5 * item_vecs + self.feat_proj(features))
 
     def _interest(
         self, m: torch.Tensor, kv: torch.Tensor, valid: torch.Tensor
