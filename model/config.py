@@ -32,7 +32,7 @@ class ModelConfig:
     n_head: int = 2  # attention heads over the window
     type_dim: int = 8  # width of the event-type embedding
     dropout: float = 0.4
-    id_dropout: float = 0.25  # chance an item's id embedding is dropped per training batch
+    id_dropout: float = 0.4  # chance an item's id embedding is dropped per training batch
 
     @property
     def n_event_types(self) -> int:
