@@ -12,7 +12,9 @@ optional client certificate and key (mutual TLS); the broker's host name is chec
 certificate unless `ssl_check_hostname` is switched off.
 """
 
+import errno
 import logging
+import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +47,9 @@ class ConnectionFailed(Exception):
 class BrokerUnreachable(ConnectionFailed):
     """No bootstrap server answered at all (connection refused, no route, timed out), as
     during a broker restart: an outage, worth waiting out. A server that answers but refuses
-    this client (TLS, SASL, protocol) raises ConnectionFailed itself: waiting will not help."""
+    this client (TLS, SASL, protocol) raises ConnectionFailed itself: waiting will not help.
+    A broker caught closing its connections as it stops counts as refusing (exit 1, which a
+    supervisor restarts as well)."""
 
 
 class KafkaSecurity(BaseModel):
@@ -204,8 +208,9 @@ class Cluster:
 
     def check(self, timeout: float = 10.0) -> None:
         """Raise ConnectionFailed, naming the cause in one line, unless a bootstrap server
-        accepts this client (TLS, SASL and a metadata request). Clients themselves retry a
-        refused connection for their whole timeout and then report only that they could not
+        accepts this client (TLS, SASL and a metadata request); BrokerUnreachable when none
+        answered at all, which the worker waits out. Clients themselves retry a refused
+        connection for their whole timeout and then report only that they could not
         bootstrap: commands call this first, to fail fast with the reason."""
         import asyncio
 
@@ -248,9 +253,7 @@ class Cluster:
                 f"cannot connect to Kafka ({self.security.describe()}): {listed}"
             )
 
-    def _reason(self, error: Exception, timeout: float) -> str:
-        import ssl
-
+    def _reason(self, error: BaseException, timeout: float) -> str:
         from aiokafka.errors import (
             KafkaConnectionError,
             SaslAuthenticationFailed,
@@ -316,5 +319,9 @@ class Cluster:
 
 
 def _unreachable(error: BaseException) -> bool:
-    """Whether a probe's error means nothing answered, rather than a refusal."""
-    return isinstance(error, (TimeoutError, OSError)) and not isinstance(error, ssl.SSLError)
+    """Whether a probe's error means nothing answered (refused, no route, no name, silence),
+    rather than a server that answered and refused this client: a plain listener resets a
+    TLS handshake, which must fail fast, so only these errors count."""
+    if isinstance(error, (ConnectionRefusedError, TimeoutError, socket.gaierror)):
+        return True
+    return isinstance(error, OSError) and error.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH)

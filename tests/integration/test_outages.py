@@ -168,6 +168,7 @@ def test_an_outage_past_the_budget_ends_a_worker_sigterm_ends_another_a_restart_
     assert re.search(r"Kafka has not answered for 20 s, the outage budget", lines[critical[0]])
 
     assert waited, restarted.tail()
+    assert "connecting to Kafka: Kafka unavailable" in restarted.log.read_text()
     stream.finish()
     wait_until_exact(settings, checkpoint_path, expected, 180, "restarted after the budget")
     assert stop_within(restarted)[0] == 0, restarted.tail()

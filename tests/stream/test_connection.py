@@ -58,6 +58,31 @@ def test_the_host_name_is_checked_unless_switched_off(tls_server):
     assert checked.librdkafka()["ssl.ca.location"] == str(ca)
 
 
+def test_a_plain_listener_resetting_a_tls_handshake_is_a_refusal_not_an_outage():
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts, then closes: not TLS
+    stop = threading.Event()
+
+    def serve():
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                listener.accept()[0].close()
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        port = listener.getsockname()[1]
+        with pytest.raises(ConnectionFailed) as refused:
+            Cluster(f"127.0.0.1:{port}", KafkaSecurity(security_protocol="SSL")).check(timeout=5)
+        assert not isinstance(refused.value, BrokerUnreachable)
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+
+
 def test_a_missing_tls_file_is_named_in_one_line(tmp_path):
     security = KafkaSecurity(security_protocol="SSL", ssl_cafile=tmp_path / "nope.pem")
     with pytest.raises(ConnectionFailed, match=r"cannot load the TLS files \(.*nope.pem\)"):
