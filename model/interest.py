@@ -125,16 +125,18 @@ class InterestModel(nn.Module):
         An item is its text's projection plus, once seen in training, its id vector. Cold items
         (index 0) have a zero id vector: they are represented by their text alone, on the same
         normalised scale as warm items' text, so a cold item whose text fits can outrank warm
-        ones. In training, id vectors are dropped at random so the text path learns to stand
-        alone.
+        ones. In training, the id vectors of items with text are dropped at random so the text
+        path learns to stand alone (a textless item's id is all it has: dropping it would only
+        blank the item).
         """
         ids = self.id_emb(warm_idx)  # (N, d)
+        has_text = text_vecs.abs().sum(-1) > 0  # (N,)
         if self.training and self.cfg.id_dropout > 0:
-            keep = torch.rand(ids.shape[0], 1, device=ids.device) >= self.cfg.id_dropout
-            ids = ids * keep
+            keep = torch.rand(ids.shape[0], device=ids.device) >= self.cfg.id_dropout
+            ids = ids * (keep | ~has_text).unsqueeze(1)
         # textless items are their id alone; projecting only the rows with text matters where
         # most items have none (MIND: 2,000 of 23,754)
-        rows = (text_vecs.abs().sum(-1) > 0).nonzero().squeeze(1)  # (n,)
+        rows = has_text.nonzero().squeeze(1)  # (n,)
         text = self.text_proj((text_vecs[rows] - self.text_mean) / self.text_std)  # (n, d)
         return ids.index_add(0, rows, text)
 

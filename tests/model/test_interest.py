@@ -104,6 +104,18 @@ def test_cold_items_are_represented_from_text_and_id_dropout_only_trains(model):
     assert len({tuple(r.tolist()) for r in dropped}) == 2  # with and without the id vector
 
 
+def test_a_textless_item_keeps_its_id_vector_in_training(model):
+    text = torch.randn(2, CFG.text_dim)
+    text[1] = 0.0  # no text: the id vector is all the item has
+    warm = torch.tensor([3, 4])
+    model.train()
+    torch.manual_seed(0)
+    reps = torch.stack([model.item_representations(text, warm) for _ in range(40)])  # (40, 2, d)
+    assert len({tuple(r.tolist()) for r in reps[:, 0]}) == 2  # the text item's id is dropped
+    for rep in reps[:, 1]:
+        torch.testing.assert_close(rep, model.id_emb.weight[4])
+
+
 def test_top_n_excludes_and_orders():
     interest = torch.tensor([[1.0, 0.0]])
     reps = torch.tensor([[3.0, 0.0], [2.0, 0.0], [1.0, 0.0], [-1.0, 0.0]])
