@@ -388,12 +388,18 @@ class Engine:
         cited = np.take_along_axis(
             window[:, None, :], strongest.indices.numpy(force=True), axis=-1
         )  # (R, n, MAX_REASONS)
-        cited[~np.isfinite(strongest.values.numpy(force=True))] = -1
-        cited = cited.tolist()
-        refs = seen.refs
-        reasons = {e: _reason(*refs[e]) for e in {e for row in cited for i in row for e in i}}
-        reasons.pop(-1, None)
-        return [[[reasons[e] for e in item if e >= 0] for item in row] for row in cited]
+        finite = np.isfinite(strongest.values.numpy(force=True))  # (R, n, MAX_REASONS)
+        # The lists are built by numpy, not one Python loop per recommendation (a per-event
+        # replay has thousands of rows per batch): each cited event's reason once, gathered
+        # into place; an item citing fewer events has them first (topk sorts), then is cut.
+        used = np.unique(cited[finite])
+        reasons = np.empty(len(seen.refs) + 1, dtype=object)  # [-1], no event: None
+        reasons[used] = [_reason(*seen.refs[e]) for e in used.tolist()]
+        out = reasons[cited].tolist()
+        counts = finite.sum(-1)  # (R, n)
+        for row, item in np.argwhere(counts < finite.shape[-1]).tolist():
+            out[row][item] = out[row][item][: counts[row, item]]
+        return out
 
     def _prequential_rows(self, step: _Step, rows: "_Rows", baseline: range, seen: "_Seen"):
         """(E,) the row each event's rank is read from: its user's baseline for a first event,
