@@ -76,17 +76,21 @@ class UserErasure(BaseModel):
     )
 
 
-def _events_op(value: object) -> object:
-    # Behaviour events carry no "op"; an erasure says "forget".
-    if isinstance(value, dict):
-        return value.get("op", "event")
-    return getattr(value, "op", "event")
+def _op_or(default: str):
+    """The discriminator of a topic's messages: their "op", or `default` where it is absent."""
+
+    def op(value: object) -> object:
+        if isinstance(value, dict):
+            return value.get("op", default)
+        return getattr(value, "op", default)
+
+    return op
 
 
 EventsMessage = Annotated[
     Annotated[BehaviorEvent, Tag("event")] | Annotated[UserErasure, Tag("forget")],
     Discriminator(
-        _events_op,
+        _op_or("event"),  # behaviour events carry no op; an erasure says forget
         custom_error_type="invalid_op",
         custom_error_message="op must be absent (a behaviour event) or 'forget' (an erasure)",
     ),
@@ -125,17 +129,10 @@ class ItemDeletion(BaseModel):
     item_id: Identifier = Field(description="The item to remove; also the Kafka message key.")
 
 
-def _catalog_op(value: object) -> object:
-    # Upserts may omit "op", so a missing op means "upsert".
-    if isinstance(value, dict):
-        return value.get("op", "upsert")
-    return getattr(value, "op", "upsert")
-
-
 CatalogMessage = Annotated[
     Annotated[ItemUpsert, Tag("upsert")] | Annotated[ItemDeletion, Tag("delete")],
     Discriminator(
-        _catalog_op,
+        _op_or("upsert"),  # upserts may omit op
         custom_error_type="invalid_op",
         custom_error_message="op must be 'upsert' (the default) or 'delete'",
     ),
