@@ -1,6 +1,6 @@
 """Throughput and latency of the engine against a bare Faust pass-through, on one broker.
 
-    python bench/throughput.py [--events 20000] [--checkpoint PATH] [--profile]
+    python bench/throughput.py [--events 100000] [--checkpoint PATH] [--profile]
 
 (a) the sustained rate of a pass-through Faust agent (consume -> produce the same records);
 (b) the sustained rate of the engine (CPU, micro-batched model step, RocksDB states), both
@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -49,7 +50,9 @@ BROKER_WARMUP_RATE = 2000.0  # events/s: within what the engine sustains on the 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default=str(ROOT.parent / "shared/data/ml-100k"))
-    parser.add_argument("--events", type=int, default=20_000, help="backlog size (20000)")
+    parser.add_argument(
+        "--events", type=int, default=100_000, help="backlog size (100000: all of ml-100k)"
+    )
     parser.add_argument("--checkpoint", type=Path, help="default: untrained, default size")
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--latency-seconds", type=float, default=20.0, help="measured (20)")
@@ -73,7 +76,8 @@ def main() -> None:
     events, items = load_movielens(args.data)
     events = sorted((to_behavior_event(e) for e in events), key=lambda e: e.timestamp)
     catalog = [to_item_upsert(i) for i in items.values()]
-    backlog, live = events[: args.events], events[args.events :]
+    backlog = events[: args.events]
+    live = events  # the latency phases send what follows the backlog (unsent), then laps
     checkpoint = args.checkpoint or untrained_checkpoint(work / "model.pt", catalog)
 
     kafka, cluster = None, Settings.from_env().cluster  # KAFKA_BOOTSTRAP, CURRENTS_KAFKA_*
@@ -105,10 +109,17 @@ def main() -> None:
             )
         results["passthrough_events_per_s"] = passthrough_rate(cluster, work, backlog, args)
         print(f"(a) pass-through: {results['passthrough_events_per_s']:.0f} events/s", flush=True)
+        plain = passthrough_rate(cluster, work, backlog, args, peer="librdkafka")
+        results["librdkafka_events_per_s"] = plain
+        print(f"(a') plain librdkafka loop: {plain:.0f} events/s", flush=True)
         rate, profile = engine_rate(settings, work, catalog, backlog, args.profile)
         results["engine_events_per_s"] = rate
         results["ratio"] = rate / results["passthrough_events_per_s"]
-        print(f"(b) engine: {rate:.0f} events/s ({results['ratio']:.0%} of pass-through)")
+        results["ratio_to_librdkafka"] = rate / plain
+        print(
+            f"(b) engine: {rate:.0f} events/s ({results['ratio']:.0%} of the Faust pass-through, "
+            f"{results['ratio_to_librdkafka']:.1%} of the plain loop)"
+        )
         if profile:
             results["profile"] = profile
             print("    where the engine's time goes (py-spy, % of samples):")
@@ -117,7 +128,7 @@ def main() -> None:
         # at half the engine's max rate (the target), and at half the pass-through's, which the
         # pass-through itself can sustain: the same rate for both, a fair peer
         results["latency"] = []
-        taken = 0  # each rate's phase sends ratings not sent before: the engine drops repeats
+        taken = len(backlog)  # each phase sends ratings not sent before: the engine drops repeats
         for target in (rate / 2, results["passthrough_events_per_s"] / 2):
             warm = int(target * args.warmup_seconds)
             phase = unsent(live, taken, warm + int(target * args.latency_seconds))
@@ -239,25 +250,33 @@ def output_rate(cluster: Cluster, topic: str, weight, total: int, worker, timeou
     return done / max((last - first) / 1000, 1e-3)
 
 
-def passthrough_rate(cluster: Cluster, work: Path, backlog, args) -> float:
-    produce(cluster, "bench.passthrough.in", backlog, lambda e: e.user_id)
-    worker = start_passthrough(cluster, work, args.partitions)
+# Each peer forwards its own topic "bench.<peer>.in" to "bench.<peer>.out".
+PEERS = {
+    "passthrough": ["bench/passthrough.py", "worker", "-l", "warn"],  # a bare Faust agent
+    "librdkafka": ["bench/librdkafka_passthrough.py"],  # a plain Python loop, no framework
+}
+
+
+def passthrough_rate(cluster: Cluster, work: Path, backlog, args, peer="passthrough") -> float:
+    produce(cluster, f"bench.{peer}.in", backlog, lambda e: e.user_id)
+    worker = start_passthrough(cluster, work, args.partitions, peer)
     try:
-        return output_rate(cluster, "bench.passthrough.out", lambda r: 1, len(backlog), worker)
+        return output_rate(cluster, f"bench.{peer}.out", lambda r: 1, len(backlog), worker)
     finally:
         terminate(worker)
 
 
-def start_passthrough(cluster: Cluster, work: Path, partitions: int = 8):
+def start_passthrough(cluster: Cluster, work: Path, partitions: int = 8, peer="passthrough"):
     env = {
         **os.environ, **Settings(bootstrap=cluster.bootstrap, kafka=cluster.security).to_env(),
-        "BENCH_APP_ID": "bench-passthrough",
-        "BENCH_SOURCE": "bench.passthrough.in", "BENCH_SINK": "bench.passthrough.out",
-        "BENCH_PARTITIONS": str(partitions), "BENCH_DATA_DIR": str(work / "passthrough"),
+        "BENCH_APP_ID": f"bench-{peer}",
+        "BENCH_SOURCE": f"bench.{peer}.in", "BENCH_SINK": f"bench.{peer}.out",
+        "BENCH_PARTITIONS": str(partitions), "BENCH_DATA_DIR": str(work / peer),
     }  # fmt: skip
-    with open(work / "passthrough.log", "ab") as log:
+    script, *arguments = PEERS[peer]
+    with open(work / f"{peer}.log", "ab") as log:
         return subprocess.Popen(
-            [sys.executable, str(ROOT / "bench/passthrough.py"), "worker", "-l", "warn"],
+            [sys.executable, str(ROOT / script), *arguments],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
 
@@ -271,20 +290,21 @@ def engine_rate(settings: Settings, work: Path, catalog, backlog, profile: bool)
     produce(settings.cluster, settings.events_topic, backlog, lambda e: e.user_id)
     worker = spawn_worker(settings, work / "engine.log", loglevel="warning")
     spy = None
-    if profile:
-        spy = subprocess.Popen(
-            ["py-spy", "record", "--pid", str(worker.pid), "--format", "raw", "--rate", "50",
-             "--duration", "30", "--output", str(work / "engine.pyspy")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
     try:
         ready(settings, worker)
+        if profile:  # from ready to the last update: the backlog, not the start
+            spy = subprocess.Popen(
+                ["py-spy", "record", "--pid", str(worker.pid), "--format", "raw", "--rate", "100",
+                 "--output", str(work / "engine.pyspy")],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )  # fmt: skip
         rate = output_rate(
             settings.cluster, settings.updates_topic,
             lambda r: len(json.loads(r.value)["events"]), len(backlog), worker,
         )  # fmt: skip
     finally:
         if spy is not None:
+            spy.send_signal(signal.SIGINT)  # py-spy writes what it recorded, then exits
             spy.wait()
         terminate(worker)
     return rate, (summarise_profile(work / "engine.pyspy") if profile else None)

@@ -12,7 +12,7 @@ import html
 import faust
 
 from stream.batching import ready_batches
-from stream.faust_compat import AckedTable, load_partition_metadata, tune_consumer
+from stream.faust_compat import AckedTable, BulkDelivery, load_partition_metadata, tune_consumer
 from stream.faust_compat import create_worker as faust_worker
 from stream.settings import Settings
 from stream.topics import ensure_changelog_topics, state_tables
@@ -71,18 +71,23 @@ def create_app(settings: Settings, bounds: Bounds | None = None) -> faust.App:
     if bounds is None:  # only live workers encode the catalog
         app.agent(catalog, name="encode_catalog")(encode_catalog)
 
-    @app.agent(events)
-    async def update_interests(stream):
-        """Micro-batches across users: one batched model step, one record and update per user."""
-        async for batch in ready_batches(stream, settings.batch_size, settings.batch_window):
-            await worker.process_batch(batch)
+    # The events topic reaches the worker in bulk, not record by record (faust_compat.py)
+    events_in_bulk = BulkDelivery(app, events, max_buffered=8 * settings.batch_size)
 
-    _timers_and_signals(app, worker, bounds)
+    @app.task
+    async def update_interests():
+        """Micro-batches across users: one batched model step, one record and update per user."""
+        batches = ready_batches(events_in_bulk, settings.batch_size, settings.batch_window)
+        await worker.process_batches(batches)
+
+    _timers_and_signals(app, worker, events_in_bulk, bounds)
     _pages(app, worker, user_states, settings)
     return app
 
 
-def _timers_and_signals(app: faust.App, worker: Worker, bounds: Bounds | None) -> None:
+def _timers_and_signals(
+    app: faust.App, worker: Worker, events_in_bulk: BulkDelivery, bounds: Bounds | None
+) -> None:
     @app.timer(1.0)
     async def confirm_progress_when_idle():
         worker.confirm_progress()
@@ -108,10 +113,12 @@ def _timers_and_signals(app: faust.App, worker: Worker, bounds: Bounds | None) -
     @app.on_partitions_assigned.connect
     async def fetch_and_deliver_promptly(sender, assigned, **kwargs) -> None:
         tune_consumer(app)
+        events_in_bulk.install()
 
     @app.on_partitions_revoked.connect
     async def forget_positions(sender, revoked, **kwargs) -> None:
         worker.on_revoke(revoked)
+        events_in_bulk.revoke(revoked)
 
     @app.on_before_shutdown.connect
     async def confirm_before_shutdown(sender, **kwargs) -> None:

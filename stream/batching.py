@@ -1,115 +1,82 @@
 """Micro-batches that form as fast as the worker frees up, not on a timer.
 
-Faust's `take_events(n, window)` waits out its window after every batch unless `n` events
-arrive first, so on a quiet stream every event waits up to a window before its step. Here a
-batch starts as soon as an event is at hand and only keeps collecting while Kafka already
-holds more events of its partitions than the worker has taken (it is behind): one event or a
-few on a quiet stream (latency of about one step), up to `max_size` under load or on a
-backlog, where larger batches amortise the step's fixed cost. A batch never waits for events
+A batch starts as soon as a record is at hand and only keeps collecting while Kafka already
+holds more records of its partitions than have reached the worker (it is behind): one record
+or a few on a quiet stream (latency of about one step), up to `max_size` under load or on a
+backlog, where larger batches amortise the step's fixed cost. A batch never waits for records
 produced after it started.
 """
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Protocol
 
-__all__ = ["ready_batches"]
+from stream.progress import Record
 
-GAP = 0.005  # seconds without a new event after which a batch stops waiting for the backlog
+__all__ = ["Source", "ready_batches"]
+
+GAP = 0.005  # seconds without a new record after which a batch stops waiting for the backlog
 
 
-class _Buffer:
-    """Events moved from the stream by a background task, at most `max_size` at a time."""
+class Source(Protocol):
+    """Where the records wait (stream/faust_compat.py's BulkDelivery)."""
 
-    def __init__(self, stream, max_size: int):
-        self.consumer = stream.app.consumer
-        self.max_size = max_size
-        self.events: list = []
-        self.delivered: dict = {}  # topic partition -> the offset after the last event delivered
-        self.wanted = 1  # buffer size at which the batcher wants to be woken
-        self.arrived = asyncio.Event()
-        self.room = asyncio.Event()
-        self.room.set()
+    buffered: int  # records waiting
+    arrived: asyncio.Event  # set whenever records arrive
 
-    async def drain(self, manual) -> None:
-        try:
-            async for event in manual.events():
-                self.events.append(event)
-                message = event.message
-                self.delivered[message.tp] = message.offset + 1
-                if len(self.events) >= self.wanted:
-                    self.arrived.set()
-                if len(self.events) >= self.max_size:
-                    self.room.clear()
-                    await self.room.wait()
-        finally:
-            self.arrived.set()  # wake the batcher: it re-raises what ended the drain
+    async def ready(self) -> None:
+        """Return once records are waiting."""
 
     def in_kafka(self) -> dict:
-        """The high watermark of each partition the stream has delivered from: what Kafka
-        holds of it now."""
-        ends = {}
-        for tp in self.delivered:
-            try:
-                ends[tp] = self.consumer.highwater(tp)
-            except (AssertionError, AttributeError):  # revoked meanwhile
-                continue
-        return ends
+        """What Kafka holds now (high watermarks) of the partitions records came from."""
 
     def undelivered(self, ends: dict) -> int:
-        return sum(max(0, (end or 0) - self.delivered[tp]) for tp, end in ends.items())
+        """How many records below `ends` have not arrived yet."""
 
-    def take(self) -> list:
-        self.wanted = 1
-        batch = self.events[:]
-        self.events.clear()
-        self.room.set()
-        return batch
+    def take(self, max_size: int) -> list[Record]:
+        """Up to `max_size` waiting records, each partition's in offset order."""
+
+    def processed(self, batch: list[Record]) -> None:
+        """`batch` is processed: its offsets may be committed."""
+
+    def finished(self) -> None:
+        """The batch taken last is done with, processed or not."""
 
 
-async def ready_batches(stream, max_size: int, max_wait: float) -> AsyncIterator[list]:
-    """Yield lists of Faust events in arrival order; a batch is acked when the next is asked for.
+async def ready_batches(source: Source, max_size: int, max_wait: float) -> AsyncIterator[list]:
+    """Yield lists of records in arrival order; a batch counts as processed when the next is
+    asked for, so a crash never commits an unprocessed record.
 
-    A background task moves events from the stream into a buffer of at most `max_size`. A batch
-    is taken when the buffer is full, when it holds every event Kafka had of the stream's
-    partitions as the batch started (their high watermarks then: what is produced later waits
-    for the next batch), after `max_wait` seconds, or when no event came for `GAP` seconds
-    (offsets without a record, e.g. transaction markers, never arrive). Acks come after the
-    caller's batch body, so a crash never commits an unprocessed event.
+    A batch is taken when `max_size` records wait, when every record Kafka held of their
+    partitions as the batch started has arrived (their high watermarks then: what is produced
+    later waits for the next batch), after `max_wait` seconds, or when no record came for `GAP`
+    seconds (offsets without a record, e.g. transaction markers, never arrive).
     """
-    manual = stream.noack()
-    buffer = _Buffer(stream, max_size)
-    drainer = asyncio.ensure_future(buffer.drain(manual))
-    try:
-        while True:
-            while not buffer.events:
-                if drainer.done():
-                    drainer.result()  # the stream's error, if it ended in one
-                    return
-                buffer.arrived.clear()
-                await buffer.arrived.wait()
-            await _fill(buffer, max_wait)
-            batch = buffer.take()
-            yield batch
-            for event in batch:
-                await manual.ack(event)
-    finally:
-        drainer.cancel()
+    while True:
+        await source.ready()
+        await _fill(source, max_size, max_wait)
+        batch = source.take(max_size)  # empty if a rebalance dropped what was waiting
+        try:
+            if batch:
+                yield batch
+                source.processed(batch)
+        finally:
+            source.finished()
 
 
-async def _fill(buffer: _Buffer, max_wait: float) -> None:
-    """Wait, up to `max_wait`, for the events Kafka holds now of the partitions delivered."""
+async def _fill(source: Source, max_size: int, max_wait: float) -> None:
+    """Wait, up to `max_wait`, for the records Kafka holds now of the partitions delivered."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + max_wait
-    ends = buffer.in_kafka()  # what arrives after this is for the next batch
-    while len(buffer.events) < buffer.max_size and (missing := buffer.undelivered(ends)):
+    ends = source.in_kafka()  # what arrives after this is for the next batch
+    while source.buffered < max_size and source.undelivered(ends):
         now = loop.time()
         if now >= deadline:
             break
-        before = len(buffer.events)
-        buffer.wanted = min(buffer.max_size, before + missing)
-        buffer.arrived.clear()
+        before = source.buffered
+        source.arrived.clear()
         try:
-            await asyncio.wait_for(buffer.arrived.wait(), min(GAP, deadline - now))
+            await asyncio.wait_for(source.arrived.wait(), min(GAP, deadline - now))
         except TimeoutError:
-            if len(buffer.events) == before:
+            if source.buffered == before:
                 break  # nothing came: what is missing may never come

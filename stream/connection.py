@@ -309,6 +309,14 @@ class Cluster:
             *topics, bootstrap_servers=self.bootstrap, **self.security.kafka_python(), **options
         )
 
+    def confluent_consumer(self, **options):
+        """A librdkafka consumer; `options` in librdkafka's dotted names."""
+        from confluent_kafka import Consumer
+
+        return Consumer(
+            {"bootstrap.servers": self.bootstrap, **self.security.librdkafka(), **options}
+        )
+
     def confluent_producer(self, **options):
         """A librdkafka producer; `options` in librdkafka's dotted names."""
         from confluent_kafka import Producer

@@ -2,10 +2,15 @@
 
 The worker needs a few things Faust 0.15 does not offer:
 
+- **The events topic in bulk** (`BulkDelivery`). Faust hands an agent one record at a time:
+  a message object, the conductor, a stream queue, the stream's iteration, an event, an ack and
+  its sensors, some 100 us of the worker's one GIL per record. The events topic's records are
+  taken out of each fetch instead, and the worker takes them in batches; Faust still keeps the
+  group, the assignment, recovery and the table changelogs, and commits what the worker reports
+  processed.
 - **Table writes from a micro-batch** (`in_partition_of`). Faust picks the changelog partition
   and RocksDB store of a write from the event being processed, a context variable its stream
-  iteration sets in the task that iterates (the batcher's drainer, as in `take_events`), not in
-  the agent's (faust #497).
+  iteration sets (faust #497); a batch's writes name their partition instead.
 - **Acknowledged changelog sends** (`AckedTable`): the futures of a table's changelog records,
   so that progress is recorded only once Kafka has them.
 - **Raw batch publish** (`publish_batches`): appending to aiokafka's record batches costs a
@@ -49,6 +54,7 @@ any of these internals, so it refuses to run on one it was not tested with.
 """
 
 import asyncio
+import collections
 import functools
 import importlib.metadata
 import logging
@@ -65,13 +71,18 @@ import faust
 import faust.streams
 from aiokafka.client import AIOKafkaClient
 from aiokafka.partitioner import DefaultPartitioner
+from faust.types import TP
 from mode.services import WaitResults
+from mode.utils.futures import notify
+
+from stream.progress import Record
 
 __all__ = [
     "FETCH_MAX_WAIT_MS",
     "STOP_DEADLINE",
     "SUPPORTED",
     "AckedTable",
+    "BulkDelivery",
     "UnsupportedVersion",
     "check_versions",
     "create_worker",
@@ -79,6 +90,7 @@ __all__ = [
     "fetch_min_bytes",
     "in_partition_of",
     "load_partition_metadata",
+    "partition_event",
     "probe_broker",
     "pace_failed_metadata_updates",
     "publish_batches",
@@ -147,11 +159,29 @@ class AckedTable(faust.Table):
         return future
 
 
+class _PartitionEvent:
+    """What a table write needs of the event being processed: its message's topic and
+    partition."""
+
+    __slots__ = ("message", "__weakref__")
+
+    def __init__(self, topic: str, partition: int):
+        tp = TP(topic, partition)
+        self.message = types.SimpleNamespace(topic=topic, partition=partition, tp=tp)
+
+
+@functools.cache
+def partition_event(topic: str, partition: int) -> _PartitionEvent:
+    """The stand-in event of `topic`'s `partition` for `in_partition_of` (cached: it must
+    outlive the weak reference Faust keeps)."""
+    return _PartitionEvent(topic, partition)
+
+
 @contextmanager
 def in_partition_of(event) -> Iterator[None]:
-    """Let a table write made for a micro-batch go to `event`'s partition: its changelog,
-    recovery and partition store are then exactly those of a per-event write. tests/integration
-    checks the changelog and restore behaviour."""
+    """Let a table write made for a micro-batch go to `event`'s partition (a Faust event, or a
+    `partition_event`): its changelog, recovery and partition store are then exactly those of a
+    per-event write. tests/integration checks the changelog and restore behaviour."""
     token = faust.streams._current_event.set(weakref.ref(event))
     try:
         yield
@@ -397,3 +427,188 @@ def _close(coros) -> None:
     for coro in coros:
         if isinstance(coro, types.CoroutineType):
             coro.close()
+
+
+# --- the events topic in bulk ---------------------------------------------------------------
+
+
+class BulkDelivery:
+    """The records of one topic, taken out of each fetch and buffered for the worker in bulk.
+
+    Faust's consumer returns each fetch as a map of partitions to records; those of `topic` are
+    moved here before Faust makes messages of them, and the rest go on through Faust. What
+    Faust's path does for a record, this one does for the topic:
+
+    - *subscription*: the topic is registered with Faust's conductor, as an agent iterating it
+      would register it;
+    - *backpressure*: while `max_buffered` records wait here, the topic's partitions are left
+      out of the fetches (aiokafka then fetches no more of them), and the other topics' records
+      go on: the worker may be waiting for the catalog's. With no other partition to fetch, the
+      fetch loop waits for room, unless a rebalance stops the flow;
+    - *rebalances*: records fetched in an earlier consumer generation are dropped (Faust seeks
+      every partition back to its committed offset, and the worker's progress fills any hole),
+      none is taken while the flow is stopped, and a batch being processed holds the
+      revocation back until it is done, as a message not yet acked would (`wait_empty`);
+    - *commits*: Faust commits, at its interval and on revocation, the offset after the last
+      record the worker reported processed (`processed`), for each partition of the topic.
+    """
+
+    def __init__(self, app: faust.App, topic: faust.TopicT, max_buffered: int):
+        self.app, self.max_buffered = app, max_buffered
+        self.topic = topic.get_topic_name()
+        self.buffered = 0  # records in `chunks`
+        self.arrived = asyncio.Event()  # set whenever records are buffered
+        self._room = asyncio.Event()
+        self._room.set()
+        self._chunks: collections.deque = collections.deque()  # (generation, [Record]), one tp
+        self._delivered: dict[TP, int] = {}  # the offset after the last record buffered
+        self._processed: dict[TP, int] = {}  # the offset after the last record processed
+        self._in_flight: _BatchInFlight | None = None
+        app.topics.add(topic)
+
+    def install(self) -> None:
+        """Divert the topic's records from Faust's consumer and commit its offsets from
+        `processed` (idempotent: called at every assignment; the consumer exists by then)."""
+        consumer = self.app.consumer
+        if "_wait_next_records" in vars(consumer):
+            return
+        fetch, new_offset = consumer._wait_next_records, consumer._new_offset
+        get_active_partitions = consumer._get_active_partitions
+
+        def active_partitions() -> set:
+            active = get_active_partitions()
+            if self.buffered < self.max_buffered:
+                return active
+            return {tp for tp in active if tp.topic != self.topic}  # the others go on
+
+        async def wait_next_records(timeout):
+            if self.buffered >= self.max_buffered and not active_partitions():
+                await self._wait_for_room(consumer)  # nothing else to fetch meanwhile
+            records, active = await fetch(timeout)
+            if records:
+                self._divert(records)
+            return records, active
+
+        def offset_to_commit(tp: TP) -> int | None:
+            if tp.topic == self.topic:
+                return self._processed.get(tp)
+            return new_offset(tp)
+
+        consumer._wait_next_records = wait_next_records
+        consumer._new_offset = offset_to_commit
+        consumer._get_active_partitions = active_partitions
+
+    def _divert(self, records: dict) -> None:
+        generation = self.app.consumer_generation_id
+        for tp in [tp for tp in records if tp.topic == self.topic]:
+            fetched = records.pop(tp)
+            if not fetched:
+                continue
+            chunk = [
+                Record(r.key, r.value, r.partition, r.offset, r.timestamp / 1000) for r in fetched
+            ]
+            self._chunks.append((generation, chunk))
+            self._delivered[tp] = chunk[-1].offset + 1
+            self.buffered += len(chunk)
+            self.arrived.set()
+
+    async def _wait_for_room(self, consumer) -> None:
+        self._room.clear()
+        waits = [asyncio.ensure_future(e.wait()) for e in (self._room, consumer.suspend_flow)]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+
+    async def ready(self) -> None:
+        """Wait until records of the current generation are buffered and the flow runs."""
+        consumer = self.app.consumer
+        while True:
+            if not consumer.flow_active:
+                await consumer.can_resume_flow.wait()
+            self._drop_stale()
+            if self.buffered:
+                return
+            self.arrived.clear()
+            await self.arrived.wait()
+
+    def _drop_stale(self) -> None:
+        generation = self.app.consumer_generation_id
+        while self._chunks and self._chunks[0][0] != generation:
+            self.buffered -= len(self._chunks.popleft()[1])
+        if self.buffered < self.max_buffered:
+            self._room.set()
+
+    def in_kafka(self) -> dict[TP, int]:
+        """The high watermark of each partition records were buffered from: what Kafka holds
+        of it now."""
+        ends = {}
+        for tp in self._delivered:
+            try:
+                end = self.app.consumer.highwater(tp)
+            except (AssertionError, AttributeError):  # revoked meanwhile
+                continue
+            if end is not None:
+                ends[tp] = end
+        return ends
+
+    def undelivered(self, ends: dict[TP, int]) -> int:
+        """How many of the records below `ends` have not been buffered yet."""
+        return sum(max(0, end - self._delivered.get(tp, end)) for tp, end in ends.items())
+
+    def take(self, max_size: int) -> list[Record]:
+        """Up to `max_size` records, oldest first (each partition's in offset order), none while
+        a rebalance has stopped the flow; the batch holds any revocation back until `finished`."""
+        self._drop_stale()
+        batch: list[Record] = []
+        while self._chunks and len(batch) < max_size and self.app.consumer.flow_active:
+            generation, chunk = self._chunks[0]
+            wanted = max_size - len(batch)
+            batch += chunk[:wanted]
+            if len(chunk) > wanted:
+                self._chunks[0] = (generation, chunk[wanted:])
+            else:
+                self._chunks.popleft()
+        self.buffered -= len(batch)
+        if self.buffered < self.max_buffered:
+            self._room.set()
+        self._in_flight = _BatchInFlight(self.app.consumer_generation_id)
+        self.app.consumer._unacked_messages.add(self._in_flight)
+        return batch
+
+    def processed(self, batch: list[Record]) -> None:
+        """Note `batch` as processed: Faust commits past it from now on."""
+        if self._in_flight is None or self._in_flight.generation != self.app.consumer_generation_id:
+            return  # a rebalance came: the partitions start again from their committed offsets
+        ends = {record.partition: record.offset + 1 for record in batch}  # offset order
+        acked = self.app.consumer._acked
+        for partition, end in ends.items():
+            tp = TP(self.topic, partition)
+            self._processed[tp] = end
+            acked[tp]  # noqa: B018 -- Faust's commit goes over the partitions in its ack map
+
+    def finished(self) -> None:
+        """The batch taken last is done with (processed or not): a revocation may go on."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            in_flight.acked = True
+            consumer = self.app.consumer
+            consumer._unacked_messages.discard(in_flight)
+            notify(consumer._waiting_for_ack)
+
+    def revoke(self, revoked) -> None:
+        """Forget revoked partitions: their next owner commits them."""
+        for tp in revoked:
+            self._processed.pop(tp, None)
+            self._delivered.pop(tp, None)
+
+
+class _BatchInFlight:
+    """Stands in Faust's set of unacked messages for a batch being processed: a revocation
+    waits until it is acked."""
+
+    refcount = 1  # Faust's wait_empty logs it
+
+    def __init__(self, generation: int):
+        self.generation, self.acked = generation, False

@@ -91,7 +91,12 @@ class Settings(BaseSettings):
         "micro-batch is too small to split: more threads only spin and wait for each other "
         "(docs/benchmarks.md).",
     )
-    batch_size: int = Field(default=256, ge=1, description="Most events in one micro-batch.")
+    batch_size: int = Field(
+        default=1024,
+        ge=1,
+        description="Most events in one micro-batch: a backlog's batches are this large, and a "
+        "larger one spreads the model step's fixed cost over more events (docs/benchmarks.md).",
+    )
     batch_window: float = Field(
         default=0.05,
         gt=0,

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
@@ -29,6 +29,7 @@ from stream.engine import Engine, Incoming
 from stream.faust_compat import (
     fetch_min_bytes,
     in_partition_of,
+    partition_event,
     publish_batches,
     set_fetch_min_bytes,
     steady,
@@ -218,10 +219,19 @@ class Worker:
 
     # --- events -------------------------------------------------------------------------------
 
-    async def process_batch(self, batch: list) -> None:
-        """Process a micro-batch of Faust events; on a failure that is not the input's (that
-        is dead-lettered), end the process before the batch is acked, so that a restarted
-        worker processes it again."""
+    async def process_batches(self, batches: AsyncIterator[list[Record]]) -> None:
+        """Process every batch as it comes; anything failing here ends the process (without
+        the batch counting as processed)."""
+        try:
+            async for batch in batches:
+                await self.process_batch(batch)
+        except Exception:
+            exit_fatal("the events batcher failed")
+
+    async def process_batch(self, batch: list[Record]) -> None:
+        """Process a micro-batch of events-topic records; on a failure that is not the input's
+        (that is dead-lettered), end the process before the batch counts as processed, so that
+        a restarted worker processes it again."""
         await self.items_ready.wait()
         self.in_batch = True
         try:
@@ -252,14 +262,19 @@ class Worker:
         if self.progress.record(generation, processed) and self.bounds is not None:
             self.bounds.advance(ends)
 
-    def _by_partition(self, batch: list) -> dict[int, tuple[object, list[Record]]]:
-        """Partition -> (its first Faust event in the batch, its records in offset order)."""
+    def _by_partition(self, batch: list[Record]) -> dict[int, tuple[object, list[Record]]]:
+        """Partition -> (what its table writes name as their event, its records in offset
+        order)."""
         partitions: dict[int, tuple[object, list[Record]]] = {}
-        for event in batch:
-            record = _record(event)
+        topic = self.settings.events_topic
+        for record in batch:
             self.inflow_bytes += len(record.value or b"")
-            partitions.setdefault(record.partition, (event, []))[1].append(record)
-            self.progress.delivered(record.partition, record.offset)
+            partition = record.partition
+            if partition not in partitions:
+                partitions[partition] = (partition_event(topic, partition), [])
+            partitions[partition][1].append(record)
+        for partition, (_, records) in partitions.items():
+            self.progress.delivered(partition, records[-1].offset)
         return partitions
 
     async def _fill_holes(

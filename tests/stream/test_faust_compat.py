@@ -7,17 +7,22 @@ flow that a rebalance suspends, as `Consumer._drain_messages` uses them.
 """
 
 import asyncio
+import collections
 import gc
 import importlib.metadata
 import importlib.util
 import logging
 import re
 import tomllib
+import types
 import warnings
+import weakref
 from pathlib import Path
 
 import faust
+import faust.streams
 import pytest
+from faust.types import TP
 from mode import Service
 from mode.utils.locks import Event
 
@@ -25,11 +30,14 @@ import stream.faust_compat
 from stream.faust_compat import (
     FETCH_FILL_SECONDS,
     FETCH_MIN_BYTES_CAP,
+    BulkDelivery,
     UnsupportedVersion,
     check_versions,
     create_worker,
     eager_wait_first,
     fetch_min_bytes,
+    in_partition_of,
+    partition_event,
     set_fetch_min_bytes,
     tune_consumer,
 )
@@ -251,3 +259,182 @@ def test_a_failed_metadata_update_waits_before_the_next_is_asked_for():
         return loop.time() - started
 
     assert METADATA_RETRY_SECONDS <= asyncio.run(timed()) < METADATA_RETRY_SECONDS + 0.4
+
+
+# --- the events topic in bulk: a stand-in for Faust's consumer, as BulkDelivery uses it ----
+
+
+class FetchingConsumer:
+    """What BulkDelivery uses of Faust's consumer: its fetch step, offsets to commit, the
+    unacked set that a revocation waits on, the flow, and the high watermarks."""
+
+    def __init__(self):
+        self.fetches: asyncio.Queue = asyncio.Queue()
+        self._acked = collections.defaultdict(list)
+        self._unacked_messages = weakref.WeakSet()
+        self._waiting_for_ack = None
+        self.flow_active = True
+        self.can_resume_flow, self.suspend_flow = asyncio.Event(), asyncio.Event()
+        self.highwaters: dict = {}
+        self.assigned = {TP("events", p) for p in range(4)} | {TP("catalog", 0)}
+
+    def _get_active_partitions(self) -> set:
+        return self.assigned
+
+    async def _wait_next_records(self, timeout):
+        active = self._get_active_partitions()  # only these partitions are fetched
+        fetched = await self.fetches.get()
+        return {tp: records for tp, records in fetched.items() if tp in active}, active
+
+    def _new_offset(self, tp):
+        return "faust's own"
+
+    def highwater(self, tp):
+        return self.highwaters.get(tp)
+
+
+def kafka_records(partition: int, *offsets: int) -> list:
+    return [
+        types.SimpleNamespace(key=b"u", value=b"{}", partition=partition, offset=o, timestamp=0)
+        for o in offsets
+    ]
+
+
+def bulk(max_buffered: int = 100):
+    consumer = FetchingConsumer()
+    subscribed: list = []  # the topics Faust's conductor was given
+    app = types.SimpleNamespace(
+        consumer=consumer, consumer_generation_id=1, subscribed=subscribed,
+        topics=types.SimpleNamespace(add=subscribed.append),
+    )  # fmt: skip
+    topic = types.SimpleNamespace(get_topic_name=lambda: "events")
+    delivery = BulkDelivery(app, topic, max_buffered)
+    delivery.install()
+    return app, consumer, delivery
+
+
+async def fetch(consumer, records: dict):
+    """One turn of Faust's fetch loop: what reaches Faust's own delivery."""
+    consumer.fetches.put_nowait(records)
+    fetched, _ = await asyncio.wait_for(consumer._wait_next_records(1.0), 5.0)
+    return fetched
+
+
+def test_the_topics_records_go_to_the_worker_in_bulk_and_the_rest_to_faust():
+    async def test():
+        app, consumer, delivery = bulk()
+        catalog = kafka_records(0, 7)
+        left = await fetch(
+            consumer, {TP("events", 0): kafka_records(0, 0, 1), TP("catalog", 0): catalog}
+        )
+        assert left == {TP("catalog", 0): catalog}
+        await fetch(consumer, {TP("events", 1): kafka_records(1, 5)})
+        await asyncio.wait_for(delivery.ready(), 5.0)
+        assert [(r.partition, r.offset) for r in delivery.take(10)] == [(0, 0), (0, 1), (1, 5)]
+        assert app.subscribed  # subscribed, as an agent iterating it would be
+
+    asyncio.run(test())
+
+
+def test_a_take_keeps_each_partitions_order_across_fetches_and_stops_at_its_size():
+    async def test():
+        _, consumer, delivery = bulk()
+        await fetch(consumer, {TP("events", 0): kafka_records(0, 0, 1, 2)})
+        await fetch(consumer, {TP("events", 0): kafka_records(0, 3, 4)})
+        assert [r.offset for r in delivery.take(4)] == [0, 1, 2, 3]
+        delivery.finished()
+        assert [r.offset for r in delivery.take(4)] == [4]
+
+    asyncio.run(test())
+
+
+def test_records_fetched_before_a_rebalance_are_never_taken():
+    async def test():
+        app, consumer, delivery = bulk()
+        await fetch(consumer, {TP("events", 0): kafka_records(0, 0, 1)})
+        consumer.flow_active = False  # a revocation has begun
+        assert delivery.take(10) == []
+        delivery.finished()
+        app.consumer_generation_id, consumer.flow_active = 2, True  # assigned again: Faust
+        await fetch(consumer, {TP("events", 0): kafka_records(0, 0)})  # seeks to the commits
+        assert [r.offset for r in delivery.take(10)] == [0] and delivery.buffered == 0
+
+    asyncio.run(test())
+
+
+def test_a_batch_holds_a_revocation_back_until_it_is_finished():
+    async def test():
+        _, consumer, delivery = bulk()
+        await fetch(consumer, {TP("events", 0): kafka_records(0, 0)})
+        delivery.take(10)
+        assert len(consumer._unacked_messages) == 1  # what Faust's wait_empty waits for
+        consumer._waiting_for_ack = asyncio.get_running_loop().create_future()
+        delivery.finished()
+        assert len(consumer._unacked_messages) == 0 and consumer._waiting_for_ack.done()
+
+    asyncio.run(test())
+
+
+def test_faust_commits_past_a_batch_only_once_it_is_processed():
+    async def test():
+        app, consumer, delivery = bulk()
+        await fetch(consumer, {TP("events", 3): kafka_records(3, 10, 11)})
+        batch = delivery.take(10)
+        assert TP("events", 3) not in consumer._acked  # nothing to commit yet
+        delivery.processed(batch)
+        delivery.finished()
+        assert TP("events", 3) in consumer._acked  # Faust's commit goes over this partition
+        assert consumer._new_offset(TP("events", 3)) == 12  # the next offset to read
+        assert consumer._new_offset(TP("catalog", 0)) == "faust's own"
+        await fetch(consumer, {TP("events", 3): kafka_records(3, 12)})
+        batch = delivery.take(10)
+        app.consumer_generation_id = 2  # revoked while it was processed
+        delivery.processed(batch)
+        assert consumer._new_offset(TP("events", 3)) == 12
+
+    asyncio.run(test())
+
+
+def test_a_full_buffer_leaves_the_topic_out_of_fetches_and_the_others_go_on():
+    async def test():
+        _, consumer, delivery = bulk(max_buffered=2)
+        await fetch(consumer, {TP("events", 0): kafka_records(0, 0, 1)})
+        catalog = kafka_records(0, 7)
+        # the worker may be waiting for the catalog: its records must still come
+        left = await fetch(
+            consumer, {TP("events", 0): kafka_records(0, 2), TP("catalog", 0): catalog}
+        )
+        assert left == {TP("catalog", 0): catalog} and delivery.buffered == 2
+        delivery.take(1)  # room again: the topic is fetched again
+        await fetch(consumer, {TP("events", 0): kafka_records(0, 2)})
+        assert delivery.buffered == 2
+
+    asyncio.run(test())
+
+
+def test_with_nothing_else_to_fetch_a_full_buffer_waits_for_a_take_or_a_suspended_flow():
+    async def test():
+        _, consumer, delivery = bulk(max_buffered=2)
+        consumer.assigned = {TP("events", 0)}
+        await fetch(consumer, {TP("events", 0): kafka_records(0, 0, 1)})
+        waiting = asyncio.ensure_future(fetch(consumer, {TP("events", 0): kafka_records(0, 2)}))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # as on a full stream buffer
+        delivery.take(1)
+        await asyncio.wait_for(waiting, 5.0)
+        consumer.fetches.put_nowait({})
+        waiting = asyncio.ensure_future(consumer._wait_next_records(1.0))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        consumer.suspend_flow.set()  # a rebalance must not wait for the worker
+        await asyncio.wait_for(waiting, 5.0)
+
+    asyncio.run(test())
+
+
+def test_a_table_write_names_its_partition_without_an_event():
+    event = partition_event("events", 5)
+    assert (event.message.topic, event.message.partition) == ("events", 5)
+    assert partition_event("events", 5) is event  # kept alive for Faust's weak reference
+    with in_partition_of(event):
+        assert faust.streams.current_event().message.partition == 5
