@@ -4,7 +4,7 @@
                            [--rounds 1]
 
 The ml-100k ratings go into a fresh topic in timestamp order. (a) A live worker (batches of
-256) works through them as a backlog; (b) `currents replay` (batches of 1024, one update per
+up to 1024) works through them as a backlog; (b) `currents replay` (the same, one update per
 event with its prequential rank) re-scores the same topic from the beginning, and (c) so does
 `currents replay --coalesce` (one update per user and batch, as live, each event ranked). The
 rates come from the Kafka timestamps of the first and last outputs, read after the run, so

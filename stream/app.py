@@ -30,7 +30,8 @@ def create_app(settings: Settings, bounds: Bounds | None = None) -> faust.App:
     )
 
     raw = {"key_serializer": "raw", "value_serializer": "raw"}  # the worker decodes (or rejects)
-    events = app.topic(settings.events_topic, **raw)
+    # the events topic reaches the worker in bulk, not record by record (faust_compat.py)
+    events = BulkDelivery(app, app.topic(settings.events_topic, **raw), 8 * settings.batch_size)
     catalog = app.topic(settings.catalog_topic, **raw)
 
     user_states_table, progress_table = state_tables(checkpoint.version)
@@ -71,22 +72,19 @@ def create_app(settings: Settings, bounds: Bounds | None = None) -> faust.App:
     if bounds is None:  # only live workers encode the catalog
         app.agent(catalog, name="encode_catalog")(encode_catalog)
 
-    # The events topic reaches the worker in bulk, not record by record (faust_compat.py)
-    events_in_bulk = BulkDelivery(app, events, max_buffered=8 * settings.batch_size)
-
     @app.task
     async def update_interests():
         """Micro-batches across users: one batched model step, one record and update per user."""
-        batches = ready_batches(events_in_bulk, settings.batch_size, settings.batch_window)
+        batches = ready_batches(events, settings.batch_size, settings.batch_window)
         await worker.process_batches(batches)
 
-    _timers_and_signals(app, worker, events_in_bulk, bounds)
+    _timers_and_signals(app, worker, events, bounds)
     _pages(app, worker, user_states, settings)
     return app
 
 
 def _timers_and_signals(
-    app: faust.App, worker: Worker, events_in_bulk: BulkDelivery, bounds: Bounds | None
+    app: faust.App, worker: Worker, events: BulkDelivery, bounds: Bounds | None
 ) -> None:
     @app.timer(1.0)
     async def confirm_progress_when_idle():
@@ -113,12 +111,12 @@ def _timers_and_signals(
     @app.on_partitions_assigned.connect
     async def fetch_and_deliver_promptly(sender, assigned, **kwargs) -> None:
         tune_consumer(app)
-        events_in_bulk.install()
+        events.install()
 
     @app.on_partitions_revoked.connect
     async def forget_positions(sender, revoked, **kwargs) -> None:
         worker.on_revoke(revoked)
-        events_in_bulk.revoke(revoked)
+        events.revoke(revoked)
 
     @app.on_before_shutdown.connect
     async def confirm_before_shutdown(sender, **kwargs) -> None:

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from stream.progress import Record
+from stream.records import Record
 
 __all__ = ["Source", "ready_batches"]
 

@@ -75,7 +75,7 @@ from faust.types import TP
 from mode.services import WaitResults
 from mode.utils.futures import notify
 
-from stream.progress import Record
+from stream.records import Record
 
 __all__ = [
     "FETCH_MAX_WAIT_MS",

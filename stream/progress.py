@@ -31,19 +31,9 @@ from kafka import TopicPartition
 from kafka.errors import KafkaTimeoutError
 
 from stream.connection import Cluster
+from stream.records import Record
 
-__all__ = ["HoleReader", "LostTails", "Progress", "ProgressStore", "Record", "holes", "span"]
-
-
-@dataclass(frozen=True)
-class Record:
-    """One events-topic record, as Faust delivered it or as read to fill a hole."""
-
-    key: bytes | None
-    value: bytes
-    partition: int
-    offset: int
-    timestamp: float  # seconds
+__all__ = ["HoleReader", "LostTails", "Progress", "ProgressStore", "holes", "span"]
 
 
 def holes(expected: int, offsets: list[int]) -> tuple[list[tuple[int, int]], int]:

@@ -17,9 +17,20 @@ from schemas import (
     decode_events_message,
 )
 
-__all__ = ["UserRecord", "dead_letter", "decode_keyed_event"]
+__all__ = ["Record", "UserRecord", "dead_letter", "decode_keyed_event"]
 
 RECENT = 32  # event ids kept for duplicate detection, item ids kept out of recommendations
+
+
+@dataclass(frozen=True)
+class Record:
+    """One events-topic record, as the worker takes it from Kafka or reads it to fill a hole."""
+
+    key: bytes | None
+    value: bytes
+    partition: int
+    offset: int
+    timestamp: float  # seconds
 
 
 def decode_keyed_event(key: bytes | None, value: bytes) -> BehaviorEvent | UserErasure:

@@ -51,8 +51,8 @@ from stream.outages import (
     patiently,
 )
 from stream.page import InterestHistory, render_user_page
-from stream.progress import HoleReader, LostTails, Progress, Record, span
-from stream.records import dead_letter
+from stream.progress import HoleReader, LostTails, Progress, span
+from stream.records import Record, dead_letter
 from stream.settings import Settings
 
 __all__ = ["Bounds", "Worker", "bearer_authorized", "load_model"]

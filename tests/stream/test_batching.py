@@ -11,7 +11,7 @@ import functools
 import pytest
 
 from stream.batching import GAP, ready_batches
-from stream.progress import Record
+from stream.records import Record
 
 GUARD = 5.0  # seconds: only there so that a broken batcher fails instead of hanging
 
