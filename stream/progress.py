@@ -1,4 +1,4 @@
-"""Per-partition progress of the events agent, and the repair of holes in what Faust delivers.
+"""Per-partition progress through the events topic, and the repair of holes in what is fetched.
 
 `Progress` is where each partition stands: the next offset expected, the batches whose outputs
 Kafka has not acknowledged yet, and the offset stored below which every output is in Kafka.
@@ -9,9 +9,9 @@ committed offset proves a user record is durable; an acknowledged changelog reco
 restores that version or a later one. Hence progress is stored only once every send of a batch
 (state changelog records, updates, dead letters) is acknowledged.
 
-Faust 0.15 can hand an agent a partition's records with a hole in it: records fetched around a
+Faust 0.15 can hand the worker a partition's records with a hole in it: records fetched around a
 seek (a worker start, a rebalance) are dropped from its pipeline and counted as done by its gap
-tracking, then committed without ever being processed. So the agent keeps, in a table next to
+tracking, then committed without ever being processed. So the worker keeps, in a table next to
 the user states, the next offset it expects per partition, and reads a missing range straight
 from Kafka before the batch that skipped it. Processing stays idempotent (user records know what
 they applied), so reading a range twice is harmless; skipping one never happens.
@@ -19,7 +19,7 @@ they applied), so reading a range twice is harmless; skipping one never happens.
 A hole is seen when a later record arrives. When Faust drops a partition's last records (seen
 at restarts: records fetched as its recovery ends are dropped, e.g. by its read-offset check
 while it seeks to the committed offsets), none does: `LostTails` spots such a partition, and the
-worker asks Faust to fetch it again from where the agent stands.
+worker asks Faust to fetch it again from where the worker stands.
 """
 
 import time
@@ -150,9 +150,9 @@ class Progress:
 
 
 class LostTails:
-    """Partitions whose records Faust fetched but never delivered to the agent.
+    """Partitions whose records Faust fetched but never delivered to the worker.
 
-    Checked once a second by the worker: a partition is lost when the next offset the agent
+    Checked once a second by the worker: a partition is lost when the next offset the worker
     expects has not moved for `patience` checks while Faust's fetch position is past it (it
     holds nothing more to deliver). An offset reported again waits twice as long as the time
     before: fetching again can bring nothing (offsets without a record, e.g. transaction
