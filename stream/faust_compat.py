@@ -449,8 +449,10 @@ class BulkDelivery:
       every partition back to its committed offset, and the worker's progress fills any hole),
       none is taken while the flow is stopped, and a batch being processed holds the
       revocation back until it is done, as a message not yet acked would (`wait_empty`);
-    - *commits*: Faust commits, at its interval and on revocation, the offset after the last
-      record the worker reported processed (`processed`), for each partition of the topic.
+    - *commits*: Faust commits, at its interval and at a stop, the offset after the last record
+      the worker reported processed (`processed`), for each partition of the topic. (At a
+      revocation, Faust forgets the revoked partitions' offsets before it commits, as it does
+      its own acks: their next owner resumes from the worker's progress table.)
     """
 
     def __init__(self, app: faust.App, topic: faust.TopicT, max_buffered: int):
@@ -470,33 +472,31 @@ class BulkDelivery:
         """Divert the topic's records from Faust's consumer and commit its offsets from
         `processed` (idempotent: called at every assignment; the consumer exists by then)."""
         consumer = self.app.consumer
-        if "_wait_next_records" in vars(consumer):
+        if "_getmany" in vars(consumer):
             return
-        fetch, new_offset = consumer._wait_next_records, consumer._new_offset
-        get_active_partitions = consumer._get_active_partitions
+        getmany, new_offset = consumer._getmany, consumer._new_offset
 
-        def active_partitions() -> set:
-            active = get_active_partitions()
-            if self.buffered < self.max_buffered:
-                return active
-            return {tp for tp in active if tp.topic != self.topic}  # the others go on
-
-        async def wait_next_records(timeout):
-            if self.buffered >= self.max_buffered and not active_partitions():
-                await self._wait_for_room(consumer)  # nothing else to fetch meanwhile
-            records, active = await fetch(timeout)
+        async def fetch(active_partitions, timeout):
+            # Faust's set of active partitions is its own (pausing and resuming change it in
+            # place): the fetch gets a filtered copy, never Faust a different set
+            if self.buffered >= self.max_buffered and active_partitions:
+                others = {tp for tp in active_partitions if tp.topic != self.topic}
+                if others:
+                    active_partitions = others  # the others go on
+                else:
+                    await self._wait_for_room(consumer)  # nothing else to fetch meanwhile
+            records = await getmany(active_partitions=active_partitions, timeout=timeout)
             if records:
                 self._divert(records)
-            return records, active
+            return records
 
         def offset_to_commit(tp: TP) -> int | None:
             if tp.topic == self.topic:
                 return self._processed.get(tp)
             return new_offset(tp)
 
-        consumer._wait_next_records = wait_next_records
+        consumer._getmany = fetch
         consumer._new_offset = offset_to_commit
-        consumer._get_active_partitions = active_partitions
 
     def _divert(self, records: dict) -> None:
         generation = self.app.consumer_generation_id
@@ -581,11 +581,13 @@ class BulkDelivery:
         """Note `batch` as processed: Faust commits past it from now on."""
         if self._in_flight is None or self._in_flight.generation != self.app.consumer_generation_id:
             return  # a rebalance came: the partitions start again from their committed offsets
-        ends = {record.partition: record.offset + 1 for record in batch}  # offset order
+        ends: dict[int, int] = {}  # a seek can bring a record again: the largest counts
+        for record in batch:
+            ends[record.partition] = max(ends.get(record.partition, 0), record.offset + 1)
         acked = self.app.consumer._acked
         for partition, end in ends.items():
             tp = TP(self.topic, partition)
-            self._processed[tp] = end
+            self._processed[tp] = max(self._processed.get(tp, 0), end)
             acked[tp]  # noqa: B018 -- Faust's commit goes over the partitions in its ack map
 
     def finished(self) -> None:

@@ -222,6 +222,10 @@ class Worker:
     async def process_batches(self, batches: AsyncIterator[list[Record]]) -> None:
         """Process every batch as it comes; anything failing here ends the process (without
         the batch counting as processed)."""
+        # No batch is taken before the items are ready: a batch taken holds a revocation back
+        # (faust_compat.BulkDelivery), and the items may wait for the catalog agent, which a
+        # revocation stops.
+        await self.items_ready.wait()
         try:
             async for batch in batches:
                 await self.process_batch(batch)

@@ -279,12 +279,15 @@ class FetchingConsumer:
         self.assigned = {TP("events", p) for p in range(4)} | {TP("catalog", 0)}
 
     def _get_active_partitions(self) -> set:
-        return self.assigned
+        return self.assigned  # Faust's own set: pausing and resuming change it in place
 
     async def _wait_next_records(self, timeout):
-        active = self._get_active_partitions()  # only these partitions are fetched
-        fetched = await self.fetches.get()
-        return {tp: records for tp, records in fetched.items() if tp in active}, active
+        active = self._get_active_partitions()
+        return await self._getmany(active_partitions=active, timeout=timeout), active
+
+    async def _getmany(self, active_partitions, timeout):
+        fetched = await self.fetches.get()  # only the partitions asked for are fetched
+        return {tp: records for tp, records in fetched.items() if tp in active_partitions}
 
     def _new_offset(self, tp):
         return "faust's own"
@@ -405,9 +408,11 @@ def test_a_full_buffer_leaves_the_topic_out_of_fetches_and_the_others_go_on():
             consumer, {TP("events", 0): kafka_records(0, 2), TP("catalog", 0): catalog}
         )
         assert left == {TP("catalog", 0): catalog} and delivery.buffered == 2
+        assert TP("events", 0) in consumer._get_active_partitions()  # Faust's set is untouched
+        consumer.assigned.discard(TP("events", 1))  # ... and what Faust pauses stays paused
         delivery.take(1)  # room again: the topic is fetched again
-        await fetch(consumer, {TP("events", 0): kafka_records(0, 2)})
-        assert delivery.buffered == 2
+        await fetch(consumer, {TP("events", 0): kafka_records(0, 2), TP("events", 1): []})
+        assert delivery.buffered == 2 and TP("events", 1) not in consumer.assigned
 
     asyncio.run(test())
 
