@@ -1,9 +1,10 @@
-"""Throughput and latency of the engine against a bare Faust pass-through, on one broker.
+"""Throughput and latency of the engine against two pass-through peers, on one broker.
 
     python bench/throughput.py [--events 100000] [--checkpoint PATH] [--profile]
 
-(a) the sustained rate of a pass-through Faust agent (consume -> produce the same records);
-(b) the sustained rate of the engine (CPU, micro-batched model step, RocksDB states), both
+(a) the sustained rates of two peers that forward the same records: a bare Faust agent, and a
+    plain Python loop over librdkafka (bench/librdkafka_passthrough.py);
+(b) the sustained rate of the engine (CPU, micro-batched model step, RocksDB states), all
     measured on a backlog of the same ml-100k events, from the Kafka timestamps of the outputs;
 (c) produce -> output latency (p50/p99 per event), for the engine (to the interest update)
     and the pass-through (to the forwarded record), at half of the engine's max rate (the
@@ -76,8 +77,7 @@ def main() -> None:
     events, items = load_movielens(args.data)
     events = sorted((to_behavior_event(e) for e in events), key=lambda e: e.timestamp)
     catalog = [to_item_upsert(i) for i in items.values()]
-    backlog = events[: args.events]
-    live = events  # the latency phases send what follows the backlog (unsent), then laps
+    backlog = events[: args.events]  # the latency phases send what follows (unsent), then laps
     checkpoint = args.checkpoint or untrained_checkpoint(work / "model.pt", catalog)
 
     kafka, cluster = None, Settings.from_env().cluster  # KAFKA_BOOTSTRAP, CURRENTS_KAFKA_*
@@ -100,7 +100,7 @@ def main() -> None:
             checkpoint=checkpoint,
         )  # fmt: skip
         if args.broker_warmup_seconds > 0:
-            per_5s = warm_broker(settings, work, catalog, live, args.broker_warmup_seconds)
+            per_5s = warm_broker(settings, work, catalog, events, args.broker_warmup_seconds)
             results["broker_warmup_p99_ms_per_5s"] = per_5s
             print(
                 f"broker warm-up: {args.broker_warmup_seconds:.0f} s at {BROKER_WARMUP_RATE:.0f} "
@@ -131,7 +131,7 @@ def main() -> None:
         taken = len(backlog)  # each phase sends ratings not sent before: the engine drops repeats
         for target in (rate / 2, results["passthrough_events_per_s"] / 2):
             warm = int(target * args.warmup_seconds)
-            phase = unsent(live, taken, warm + int(target * args.latency_seconds))
+            phase = unsent(events, taken, warm + int(target * args.latency_seconds))
             taken += len(phase)
             warmup, stream = phase[:warm], phase[warm:]  # the peer gets the same, on its topic
             for name, measure, where in (

@@ -36,8 +36,8 @@ class Source(Protocol):
     def take(self, max_size: int) -> list[Record]:
         """Up to `max_size` waiting records, each partition's in offset order."""
 
-    def processed(self, batch: list[Record]) -> None:
-        """`batch` is processed: its offsets may be committed."""
+    def processed(self) -> None:
+        """The batch taken last is processed: its offsets may be committed."""
 
     def finished(self) -> None:
         """The batch taken last is done with, processed or not."""
@@ -59,7 +59,7 @@ async def ready_batches(source: Source, max_size: int, max_wait: float) -> Async
         try:
             if batch:
                 yield batch
-                source.processed(batch)
+                source.processed()
         finally:
             source.finished()
 

@@ -562,31 +562,30 @@ class BulkDelivery:
         a rebalance has stopped the flow; the batch holds any revocation back until `finished`."""
         self._drop_stale()
         batch: list[Record] = []
+        in_flight = _BatchInFlight(self.app.consumer_generation_id)
         while self._chunks and len(batch) < max_size and self.app.consumer.flow_active:
             generation, chunk = self._chunks[0]
-            wanted = max_size - len(batch)
-            batch += chunk[:wanted]
-            if len(chunk) > wanted:
-                self._chunks[0] = (generation, chunk[wanted:])
+            taken = chunk[: max_size - len(batch)]  # one partition's, in offset order
+            batch += taken
+            in_flight.taken(TP(self.topic, taken[-1].partition), taken[-1].offset + 1)
+            if len(taken) < len(chunk):
+                self._chunks[0] = (generation, chunk[len(taken) :])
             else:
                 self._chunks.popleft()
         self.buffered -= len(batch)
         if self.buffered < self.max_buffered:
             self._room.set()
-        self._in_flight = _BatchInFlight(self.app.consumer_generation_id)
-        self.app.consumer._unacked_messages.add(self._in_flight)
+        self._in_flight = in_flight
+        self.app.consumer._unacked_messages.add(in_flight)
         return batch
 
-    def processed(self, batch: list[Record]) -> None:
-        """Note `batch` as processed: Faust commits past it from now on."""
-        if self._in_flight is None or self._in_flight.generation != self.app.consumer_generation_id:
+    def processed(self) -> None:
+        """Note the batch taken last as processed: Faust commits past it from now on."""
+        in_flight = self._in_flight
+        if in_flight is None or in_flight.generation != self.app.consumer_generation_id:
             return  # a rebalance came: the partitions start again from their committed offsets
-        ends: dict[int, int] = {}  # a seek can bring a record again: the largest counts
-        for record in batch:
-            ends[record.partition] = max(ends.get(record.partition, 0), record.offset + 1)
         acked = self.app.consumer._acked
-        for partition, end in ends.items():
-            tp = TP(self.topic, partition)
+        for tp, end in in_flight.ends.items():
             self._processed[tp] = max(self._processed.get(tp, 0), end)
             acked[tp]  # noqa: B018 -- Faust's commit goes over the partitions in its ack map
 
@@ -614,3 +613,8 @@ class _BatchInFlight:
 
     def __init__(self, generation: int):
         self.generation, self.acked = generation, False
+        self.ends: dict[TP, int] = {}  # per partition, the offset after the records taken
+
+    def taken(self, tp: TP, end: int) -> None:
+        # a seek can bring records again: the largest end counts
+        self.ends[tp] = max(self.ends.get(tp, 0), end)

@@ -236,7 +236,6 @@ class Worker:
         """Process a micro-batch of events-topic records; on a failure that is not the input's
         (that is dead-lettered), end the process before the batch counts as processed, so that
         a restarted worker processes it again."""
-        await self.items_ready.wait()
         self.in_batch = True
         try:
             await self._process(batch)

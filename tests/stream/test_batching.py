@@ -36,7 +36,7 @@ class Source:
         self.delivered = 0
         self.acked: list = []
         self.error: Exception | None = None
-        self.in_flight = False
+        self.in_flight: list | None = None  # the batch taken, until finished
 
     @property
     def buffered(self) -> int:
@@ -56,15 +56,14 @@ class Source:
         return max(0, ends[0] - self.delivered)
 
     def take(self, max_size: int) -> list[Record]:
-        batch, self.waiting = self.waiting[:max_size], self.waiting[max_size:]
-        self.in_flight = True
-        return batch
+        self.in_flight, self.waiting = self.waiting[:max_size], self.waiting[max_size:]
+        return self.in_flight
 
-    def processed(self, batch) -> None:
-        self.acked += batch
+    def processed(self) -> None:
+        self.acked += self.in_flight
 
     def finished(self) -> None:
-        self.in_flight = False
+        self.in_flight = None
 
     def put(self, *offsets: int, highwater: int | None = None) -> list:
         records = [Record(b"u", b"{}", 0, o, 0.0) for o in offsets]
@@ -159,7 +158,7 @@ async def test_a_batch_abandoned_by_its_caller_is_not_acked_but_is_let_go():
     source.put(0)
     await next_batch(batches)
     await batches.aclose()  # the worker's loop ended with the batch unprocessed
-    assert source.acked == [] and not source.in_flight
+    assert source.acked == [] and source.in_flight is None
 
 
 @scenario
