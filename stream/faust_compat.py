@@ -4,10 +4,10 @@ The worker needs a few things Faust 0.15 does not offer:
 
 - **The events topic in bulk** (`BulkDelivery`). Faust hands an agent one record at a time:
   a message object, the conductor, a stream queue, the stream's iteration, an event, an ack and
-  its sensors, some 100 us of the worker's one GIL per record. The events topic's records are
-  taken out of each fetch instead, and the worker takes them in batches; Faust still keeps the
-  group, the assignment, recovery and the table changelogs, and commits what the worker reports
-  processed.
+  its sensors: about 55 us of a busy worker's time per record (docs/benchmarks.md). The events
+  topic's records are taken out of each fetch instead, and the worker takes them in batches;
+  Faust still keeps the group, the assignment, recovery and the table changelogs, and commits
+  what the worker reports processed.
 - **Table writes from a micro-batch** (`in_partition_of`). Faust picks the changelog partition
   and RocksDB store of a write from the event being processed, a context variable its stream
   iteration sets (faust #497); a batch's writes name their partition instead.
