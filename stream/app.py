@@ -13,12 +13,11 @@ import faust
 
 from stream.batching import ready_batches
 from stream.faust_compat import AckedTable, BulkDelivery, load_partition_metadata, tune_consumer
-from stream.faust_compat import create_worker as faust_worker
 from stream.settings import Settings
-from stream.topics import ensure_changelog_topics, state_tables
-from stream.worker import Bounds, Worker, bearer_authorized, load_model
+from stream.topics import state_tables
+from stream.worker import Bounds, Worker, load_model
 
-__all__ = ["create_app", "create_worker"]
+__all__ = ["create_app"]
 
 
 def create_app(settings: Settings, bounds: Bounds | None = None) -> faust.App:
@@ -34,23 +33,14 @@ def create_app(settings: Settings, bounds: Bounds | None = None) -> faust.App:
     events = BulkDelivery(app, app.topic(settings.events_topic, **raw), 8 * settings.batch_size)
     catalog = app.topic(settings.catalog_topic, **raw)
 
-    user_states_table, progress_table = state_tables(checkpoint.version)
-    user_states = app.Table(
-        user_states_table,
-        key_type=bytes,  # the UTF-8 user id, as in the events topic key: same partitioning
-        value_type=bytes,  # stream.records.UserRecord
-        options={"driver": "rocksdict"},
-        help="Per user: LSTM + attention state and the events it has applied.",
-    )
+    rocks = {"key_type": bytes, "value_type": bytes, "options": {"driver": "rocksdict"}}
+    states_name, progress_name = state_tables(checkpoint.version)
+    # key: the UTF-8 user id, as the events topic's (same partitioning); value: a UserRecord
+    user_states = app.Table(states_name, help="Per user: model state, recent events.", **rocks)
     user_states.track_sends()
-    # Written only once Kafka has acknowledged the outputs below the offset (stream/progress.py)
-    progress = app.Table(
-        progress_table,
-        key_type=bytes,  # the partition number, as text
-        value_type=bytes,  # the next offset, as text
-        options={"driver": "rocksdict"},
-        help="Per events partition: the offset below which all outputs are in Kafka.",
-    )
+    # key: an events partition; value: the offset below which every output is in Kafka, written
+    # only once Kafka has acknowledged them (stream/progress.py)
+    progress = app.Table(progress_name, help="Per events partition: where to resume.", **rocks)
     worker = Worker(
         app, settings, checkpoint, user_states=user_states, progress=progress,
         dead_letters=app.topic(settings.dead_letter_topic, **raw),
@@ -61,16 +51,12 @@ def create_app(settings: Settings, bounds: Bounds | None = None) -> faust.App:
     async def follow_items():
         await worker.follow_items()
 
-    @app.task
-    async def freeze_startup_objects():
-        await worker.freeze_startup_objects()
+    if bounds is None:  # only live workers encode the catalog; a replay follows their vectors
 
-    async def encode_catalog(stream):
-        async for batch in stream.take_events(64, 1.0):
-            await worker.encode_catalog(batch)
-
-    if bounds is None:  # only live workers encode the catalog
-        app.agent(catalog, name="encode_catalog")(encode_catalog)
+        @app.agent(catalog, name="encode_catalog")
+        async def encode_catalog(stream):
+            async for batch in stream.take_events(64, 1.0):
+                await worker.encode_catalog(batch)
 
     @app.task
     async def update_interests():
@@ -83,9 +69,7 @@ def create_app(settings: Settings, bounds: Bounds | None = None) -> faust.App:
     return app
 
 
-def _timers_and_signals(
-    app: faust.App, worker: Worker, events: BulkDelivery, bounds: Bounds | None
-) -> None:
+def _timers_and_signals(app: faust.App, worker: Worker, events: BulkDelivery, bounds) -> None:
     @app.timer(1.0)
     async def confirm_progress_when_idle():
         worker.confirm_progress()
@@ -124,17 +108,8 @@ def _timers_and_signals(
 
 
 def _pages(app: faust.App, worker: Worker, user_states: faust.Table, settings: Settings) -> None:
-    """User and item pages need the bearer token when one is set (a routed request carries the
-    caller's headers); /health is open, /metrics unless CURRENTS_WEB_METRICS_OPEN=false."""
-
-    def refused(web, request, needed: bool = True):
-        auth = request.headers.get("Authorization")
-        if not needed or bearer_authorized(auth, settings.web_token):
-            return None
-        return web.json(
-            {"error": "this page needs the bearer token (Authorization: Bearer ...)"},
-            status=401, headers={"WWW-Authenticate": 'Bearer realm="currents"'},
-        )  # fmt: skip
+    """User and item pages need the bearer token when one is set; /health is open, /metrics
+    unless CURRENTS_WEB_METRICS_OPEN=false. User pages are answered by the user's worker."""
 
     @app.table_route(table=user_states, match_info="user_id")
     async def routed_interests(web, request, user_id: str):
@@ -145,7 +120,7 @@ def _pages(app: faust.App, worker: Worker, user_states: faust.Table, settings: S
 
     @app.page("/users/{user_id}/interests")
     async def user_interests(web, request, user_id: str):
-        if (refusal := refused(web, request)) is not None:
+        if (refusal := worker.refusal(web, request)) is not None:
             return refusal
         await load_partition_metadata(app, user_states)
         return await routed_interests(web, request, user_id=user_id)
@@ -159,14 +134,14 @@ def _pages(app: faust.App, worker: Worker, user_states: faust.Table, settings: S
 
     @app.page("/users/{user_id}")
     async def user_page(web, request, user_id: str):
-        if (refusal := refused(web, request)) is not None:
+        if (refusal := worker.refusal(web, request)) is not None:
             return refusal
         await load_partition_metadata(app, user_states)
         return await routed_page(web, request, user_id=user_id)
 
     @app.page("/items/{item_id}")
     async def item(web, request, item_id: str):
-        if (refusal := refused(web, request)) is not None:
+        if (refusal := worker.refusal(web, request)) is not None:
             return refusal
         view = worker.item(item_id)
         if view is None:
@@ -180,16 +155,6 @@ def _pages(app: faust.App, worker: Worker, user_states: faust.Table, settings: S
 
     @app.page("/metrics")
     async def prometheus(web, request):
-        if (refusal := refused(web, request, not settings.web_metrics_open)) is not None:
+        if (refusal := worker.refusal(web, request, not settings.web_metrics_open)) is not None:
             return refusal
         return web.bytes(worker.render_metrics(), content_type="text/plain; version=0.0.4")
-
-
-def create_worker(
-    app: faust.App, settings: Settings, loglevel: str, quiet: bool = False
-) -> faust.Worker:
-    """A Faust worker for `app`, with the app's table changelogs created first (see
-    ensure_changelog_topics)."""
-    names = [table.changelog_topic.get_topic_name() for table in app.tables.values()]
-    ensure_changelog_topics(settings, names)
-    return faust_worker(app, loglevel=loglevel, quiet=quiet)

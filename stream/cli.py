@@ -95,8 +95,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_FATAL
 
-    from stream.app import create_app, create_worker
+    from stream.app import create_app
     from stream.topics import ensure_topics
+    from stream.worker import create_worker
 
     ensure_topics(settings)
     create_worker(create_app(settings), settings, args.loglevel).execute_from_commandline()

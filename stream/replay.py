@@ -406,8 +406,9 @@ def prepare(args: argparse.Namespace) -> tuple[Settings, ReplayPlan]:
 def run(args: argparse.Namespace) -> int:
     """0 when the replay reached its end, 2 when it could not start, 130 when interrupted,
     1 when it failed."""
-    from stream.app import create_app, create_worker
+    from stream.app import create_app
     from stream.produce import quiet_kafka_logs
+    from stream.worker import create_worker
 
     quiet_kafka_logs()
     try:

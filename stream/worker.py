@@ -26,6 +26,7 @@ from model.checkpoint import Checkpoint, load_checkpoint
 from model.encoder import ItemEncoder, item_text
 from schemas import ErrorKind, InvalidMessage, ItemDeletion, decode_catalog
 from stream.engine import Engine, Incoming
+from stream.faust_compat import create_worker as faust_worker
 from stream.faust_compat import (
     fetch_min_bytes,
     in_partition_of,
@@ -54,8 +55,9 @@ from stream.page import InterestHistory, render_user_page
 from stream.progress import HoleReader, LostTails, Progress, span
 from stream.records import Record, dead_letter
 from stream.settings import Settings
+from stream.topics import ensure_changelog_topics
 
-__all__ = ["Bounds", "Worker", "bearer_authorized", "load_model"]
+__all__ = ["Bounds", "Worker", "bearer_authorized", "create_worker", "load_model"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +83,16 @@ def load_model(settings: Settings) -> Checkpoint:
         raise ValueError("no model checkpoint: set CURRENTS_CHECKPOINT (see `currents train`)")
     torch.set_num_threads(settings.torch_threads)
     return load_checkpoint(settings.checkpoint, settings.device)
+
+
+def create_worker(
+    app: faust.App, settings: Settings, loglevel: str, quiet: bool = False
+) -> faust.Worker:
+    """The Faust worker process for `app`, its table changelogs created first (see
+    ensure_changelog_topics)."""
+    names = [table.changelog_topic.get_topic_name() for table in app.tables.values()]
+    ensure_changelog_topics(settings, names)
+    return faust_worker(app, loglevel=loglevel, quiet=quiet)
 
 
 class _ProgressTable:
@@ -171,14 +183,6 @@ class Worker:
             # e.g. vectors from another encoder than the checkpoint's: nothing can be scored
             exit_fatal("the item matrix cannot follow the item-vectors topic")
 
-    async def freeze_startup_objects(self) -> None:
-        """Once ready, exempt everything allocated so far (modules, model, Faust's services, the
-        item matrix) from garbage collection: it lives as long as the worker, and scanning it
-        made each full collection a pause of 300 ms in the middle of a batch."""
-        await self.items_ready.wait()
-        gc.collect()  # what startup left behind goes now, not frozen with the rest
-        gc.freeze()
-
     async def encode_catalog(self, batch: list) -> None:
         """Encode new or changed items once and publish their vectors for every worker."""
         await self.items_loaded.wait()
@@ -226,6 +230,7 @@ class Worker:
         # (faust_compat.BulkDelivery), and the items may wait for the catalog agent, which a
         # revocation stops.
         await self.items_ready.wait()
+        freeze_startup_objects()
         try:
             async for batch in batches:
                 await self.process_batch(batch)
@@ -489,6 +494,18 @@ class Worker:
                 titles[item_id] = self.items.items[row].title
         return render_user_page(view, self.history.of(user_id), titles)
 
+    def refusal(self, web, request, needed: bool = True):
+        """A 401 response for a request without the bearer token (when one is set), else None.
+        A request routed to the owning worker carries the caller's headers and is checked
+        there too."""
+        auth = request.headers.get("Authorization")
+        if not needed or bearer_authorized(auth, self.settings.web_token):
+            return None
+        return web.json(
+            {"error": "this page needs the bearer token (Authorization: Bearer ...)"},
+            status=401, headers={"WWW-Authenticate": 'Bearer realm="currents"'},
+        )  # fmt: skip
+
     def item(self, item_id: str) -> dict | None:
         """This worker's own view of an item: whether it can be recommended here."""
         row = self.items.rows.get(item_id)
@@ -540,6 +557,14 @@ def bearer_authorized(header: str | None, token: SecretStr | None) -> bool:
 def _record(event) -> Record:
     message = event.message
     return Record(event.key, event.value, message.partition, message.offset, message.timestamp)
+
+
+def freeze_startup_objects() -> None:
+    """Exempt everything allocated so far (modules, model, Faust's services, the item matrix)
+    from garbage collection: it lives as long as the worker, and scanning it made each full
+    collection a pause of 300 ms in the middle of a batch."""
+    gc.collect()  # what startup left behind goes now, not frozen with the rest
+    gc.freeze()
 
 
 def exit_fatal(message: str) -> None:
