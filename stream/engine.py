@@ -348,7 +348,7 @@ class Engine:
 
     def _shown_because(
         self, step: _Step, records: dict[str, UserRecord], seen: "_Seen", ranking: "_Ranking"
-    ) -> list[list[list[dict]]]:
+    ) -> list[list[list]]:
         """`because` of every shown row: a stepped group's from the attention its last event
         gave, a republished user's recomputed from the stored state (the same weights)."""
         last = step.last
@@ -363,8 +363,13 @@ class Engine:
         return self._because(attention, window, seen, ranking.top_items)
 
     def _because(
-        self, attention: torch.Tensor, window: np.ndarray, seen: "_Seen", top: torch.Tensor
-    ) -> list[list[list[dict]]]:
+        self,
+        attention: torch.Tensor,
+        window: np.ndarray,
+        seen: "_Seen",
+        top: torch.Tensor,
+        encoded: bool = True,
+    ) -> list[list[list]]:
         """For each row and recommended item, up to MAX_REASONS events of the row's window,
         strongest support first. An event's support for an item is the weight the interest
         gave the event's memory slot (its attention; the newest event's slot also reaches the
@@ -374,27 +379,34 @@ class Engine:
 
         attention (R, K) and window (R, K) (indices of `seen`'s events, -1: none) oldest
         first; top (R, n) recommended item rows. Events whose item left the matrix, or whose
-        slot the state does not hold, are not cited."""
+        slot the state does not hold, are not cited. Each reason is a dict, or with `encoded`
+        its JSON, made once however many recommendations and updates cite it."""
         item_rows = seen.item_rows(window)  # (R, K), -1: none
-        usable = torch.from_numpy(item_rows >= 0).to(self.device) & (attention > 0)
-        reps = self.items.reps
-        similarity = torch.einsum(
-            "rnd,rkd->rnk", reps[top], reps[torch.from_numpy(np.maximum(item_rows, 0))]
-        )
-        weights = attention.clone()
+        rows, reps = np.maximum(item_rows, 0), self.items.reps
+        if reps.device.type == "cpu":  # numpy's gathers and matmul: 2x faster here than torch's
+            reps = reps.numpy()
+            similarity = reps[top.numpy()] @ reps[rows].transpose(0, 2, 1)  # (R, n, K)
+        else:  # only the similarities leave the device
+            rows = torch.from_numpy(rows).to(reps.device)
+            similarity = (reps[top] @ reps[rows].mT).numpy(force=True)
+        # The rest in numpy on the CPU: it sorts short rows 3x faster than torch's topk picks
+        # from them, and each of its calls costs less overhead on these small arrays.
+        weights = attention.numpy(force=True).copy()
+        usable = (item_rows >= 0) & (weights > 0)
         weights[:, -1] += 1.0
-        support = (weights.unsqueeze(1) * similarity).masked_fill(~usable.unsqueeze(1), -math.inf)
-        strongest = support.topk(min(MAX_REASONS, support.shape[-1]), dim=-1)
-        cited = np.take_along_axis(
-            window[:, None, :], strongest.indices.numpy(force=True), axis=-1
-        )  # (R, n, MAX_REASONS)
-        finite = np.isfinite(strongest.values.numpy(force=True))  # (R, n, MAX_REASONS)
+        support = np.where(usable[:, None, :], weights[:, None, :] * similarity, -np.inf)
+        strongest = np.argsort(-support, axis=-1)[..., :MAX_REASONS]  # (R, n, MAX_REASONS)
+        cited = np.take_along_axis(window[:, None, :], strongest, axis=-1)
+        finite = np.isfinite(np.take_along_axis(support, strongest, axis=-1))
         # The lists are built by numpy, not one Python loop per recommendation (a per-event
         # replay has thousands of rows per batch): each cited event's reason once, gathered
-        # into place; an item citing fewer events has them first (topk sorts), then is cut.
-        used = np.unique(cited[finite])
+        # into place; an item citing fewer events has them first (sorted), then is cut.
         reasons = np.empty(len(seen.refs) + 1, dtype=object)  # [-1], no event: None
-        reasons[used] = [_reason(*seen.refs[e]) for e in used.tolist()]
+        used = np.zeros(len(reasons), dtype=bool)
+        used[cited[finite]] = True
+        reason = _encoded_reason if encoded else _reason
+        used = np.flatnonzero(used[:-1])
+        reasons[used] = [reason(*seen.refs[e]) for e in used.tolist()]
         out = reasons[cited].tolist()
         counts = finite.sum(-1)  # (R, n)
         for row, item in np.argwhere(counts < finite.shape[-1]).tolist():
@@ -497,7 +509,7 @@ class Engine:
             seen = _Seen(self.items.rows, [record], [()])
             events = seen.window(np.zeros(1, int), 0, self.model.cfg.window)
             attention = self.model.window_attention(state)
-            because = self._because(attention, events, seen, ranking.top_items)
+            because = self._because(attention, events, seen, ranking.top_items, encoded=False)
         view = next(self._views(ranking, np.array([1]), because))
         return {"events_applied": int(state.count[0]), **view}
 
@@ -538,7 +550,7 @@ class Engine:
         self,
         ranking: "_Ranking",
         shift_from: np.ndarray,
-        because: list[list[list[dict]]] | None = None,
+        because: list[list[list]] | None = None,
     ) -> Iterator[dict]:
         """Each shown row's update body: top interests, their shift, recommendations (with
         `because`, each item's reasons, where given).
@@ -562,13 +574,16 @@ class Engine:
             row_scores, row_items = scores[row].tolist(), items[row].tolist()
             if row_scores and not math.isfinite(row_scores[-1]):  # fewer items than top_n
                 row_items = row_items[: sum(map(math.isfinite, row_scores))]
-            recommendations = [
-                {"item_id": item_id(i), "score": s}
-                for s, i in zip(row_scores, row_items, strict=False)
-            ]
-            if because is not None:
-                for recommendation, reasons in zip(recommendations, because[row], strict=False):
-                    recommendation["because"] = reasons
+            if because is None:
+                recommendations = [
+                    {"item_id": item_id(i), "score": s}
+                    for s, i in zip(row_scores, row_items, strict=False)
+                ]
+            else:
+                recommendations = [
+                    {"item_id": item_id(i), "score": s, "because": b}
+                    for s, i, b in zip(row_scores, row_items, because[row], strict=False)
+                ]
             yield {
                 "interests": _by_name(names, top[row], shares[row]),
                 "interest_shift": _by_name(names, moved[row], shifts[row]),
@@ -714,6 +729,11 @@ def _reason(event_id: str, item_id: str, kind: str | None) -> dict:
     if kind is not None:
         reason["event_type"] = kind
     return reason
+
+
+def _encoded_reason(event_id: str, item_id: str, kind: str | None) -> orjson.Fragment:
+    """A reason as the JSON orjson writes in its place in an update."""
+    return orjson.Fragment(orjson.dumps(_reason(event_id, item_id, kind)))
 
 
 def _offset(incoming: Incoming) -> int:
