@@ -54,6 +54,8 @@ def main() -> None:
         "--rounds", type=int, default=4, help="alternations of each mode with and without because"
     )
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     torch.set_num_threads(args.threads)
 
     events, items = load_movielens(args.data)

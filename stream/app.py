@@ -33,14 +33,14 @@ def create_app(settings: Settings, bounds: Bounds | None = None) -> faust.App:
     events = BulkDelivery(app, app.topic(settings.events_topic, **raw), 8 * settings.batch_size)
     catalog = app.topic(settings.catalog_topic, **raw)
 
-    rocks = {"key_type": bytes, "value_type": bytes, "options": {"driver": "rocksdict"}}
     states_name, progress_name = state_tables(checkpoint.version)
+    raw_table = {"key_type": bytes, "value_type": bytes}  # the worker encodes keys and values
     # key: the UTF-8 user id, as the events topic's (same partitioning); value: a UserRecord
-    user_states = app.Table(states_name, help="Per user: model state, recent events.", **rocks)
+    user_states = app.Table(states_name, help="Per user: state, recent events.", **raw_table)
     user_states.track_sends()
     # key: an events partition; value: the offset below which every output is in Kafka, written
     # only once Kafka has acknowledged them (stream/progress.py)
-    progress = app.Table(progress_name, help="Per events partition: where to resume.", **rocks)
+    progress = app.Table(progress_name, help="Per partition: where to resume.", **raw_table)
     worker = Worker(
         app, settings, checkpoint, user_states=user_states, progress=progress,
         dead_letters=app.topic(settings.dead_letter_topic, **raw),
@@ -69,7 +69,9 @@ def create_app(settings: Settings, bounds: Bounds | None = None) -> faust.App:
     return app
 
 
-def _timers_and_signals(app: faust.App, worker: Worker, events: BulkDelivery, bounds) -> None:
+def _timers_and_signals(
+    app: faust.App, worker: Worker, events: BulkDelivery, bounds: Bounds | None
+) -> None:
     @app.timer(1.0)
     async def confirm_progress_when_idle():
         worker.confirm_progress()

@@ -382,13 +382,14 @@ class Engine:
         slot the state does not hold, are not cited. Each reason is a dict, or with `encoded`
         its JSON, made once however many recommendations and updates cite it."""
         item_rows = seen.item_rows(window)  # (R, K), -1: none
-        rows, reps = np.maximum(item_rows, 0), self.items.reps
+        at, reps = np.maximum(item_rows, 0), self.items.reps
         if reps.device.type == "cpu":  # numpy's gathers and matmul: 2x faster here than torch's
             reps = reps.numpy()
-            similarity = reps[top.numpy()] @ reps[rows].transpose(0, 2, 1)  # (R, n, K)
+            similarity = reps[top.numpy()] @ reps[at].transpose(0, 2, 1)  # (R, n, K)
         else:  # only the similarities leave the device
-            rows = torch.from_numpy(rows).to(reps.device)
-            similarity = (reps[top] @ reps[rows].mT).numpy(force=True)
+            similarity = (reps[top] @ reps[torch.from_numpy(at).to(reps.device)].mT).numpy(
+                force=True
+            )
         # The rest in numpy on the CPU: it sorts short rows 3x faster than torch's topk picks
         # from them, and each of its calls costs less overhead on these small arrays.
         weights = attention.numpy(force=True).copy()
@@ -405,10 +406,10 @@ class Engine:
         # replay has thousands of rows per batch): each cited event's reason once, gathered
         # into place; an item citing fewer events has them first (sorted), then is cut.
         reasons = np.empty(len(seen.refs) + 1, dtype=object)  # [-1], no event: None
-        used = np.zeros(len(reasons), dtype=bool)
-        used[cited[finite]] = True
+        is_cited = np.zeros(len(reasons), dtype=bool)
+        is_cited[cited[finite]] = True
+        used = np.flatnonzero(is_cited[:-1])
         reason = _encoded_reason if encoded else _reason
-        used = np.flatnonzero(used[:-1])
         reasons[used] = [reason(*seen.refs[e]) for e in used.tolist()]
         out = reasons[cited].tolist()
         counts = finite.sum(-1)  # (R, n)

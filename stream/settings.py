@@ -169,7 +169,7 @@ class Settings(BaseSettings):
         return dict(
             broker=self.broker_url,
             broker_credentials=self.kafka.faust_credentials(),
-            store="rocksdb://",
+            store="rocksdb://",  # through rocksdict, the binding Faust uses when installed
             datadir=str(self.data_dir),
             topic_partitions=self.partitions,
             topic_replication_factor=self.replication_factor,
