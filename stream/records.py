@@ -6,6 +6,7 @@ Tests call all of them without Kafka.
 import struct
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from schemas import (
     BehaviorEvent,
@@ -22,9 +23,9 @@ __all__ = ["Record", "UserRecord", "dead_letter", "decode_keyed_event"]
 RECENT = 32  # event ids kept for duplicate detection, item ids kept out of recommendations
 
 
-@dataclass(frozen=True)
-class Record:
-    """One events-topic record, as the worker takes it from Kafka or reads it to fill a hole."""
+class Record(NamedTuple):
+    """One events-topic record, as the worker takes it from Kafka or reads it to fill a hole.
+    A named tuple: one is made per record fetched, at a third of a frozen dataclass's cost."""
 
     key: bytes | None
     value: bytes
