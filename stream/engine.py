@@ -400,8 +400,8 @@ class Engine:
         rows, items, slots = support.shape
         # as flat indices: a tenth of take_along_axis's cost on small arrays
         cited = window.ravel()[strongest + (np.arange(rows) * slots)[:, None, None]]
-        at = strongest + (np.arange(rows * items) * slots).reshape(rows, items, 1)
-        finite = np.isfinite(support.ravel()[at])
+        flat = strongest + (np.arange(rows * items) * slots).reshape(rows, items, 1)
+        finite = np.isfinite(support.ravel()[flat])
         # The lists are built by numpy, not one Python loop per recommendation (a per-event
         # replay has thousands of rows per batch): each cited event's reason once, gathered
         # into place; an item citing fewer events has them first (sorted), then is cut.

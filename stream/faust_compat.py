@@ -537,8 +537,11 @@ class BulkDelivery:
         generation = self.app.consumer_generation_id
         while self._chunks and self._chunks[0][0] != generation:
             self.buffered -= len(self._chunks.popleft()[1])
+        self._note_room()
+
+    def _note_room(self) -> None:
         if self.buffered < self.max_buffered:
-            self._room.set()
+            self._room.set()  # a fetch waiting for room goes on
 
     def in_kafka(self) -> dict[TP, int]:
         """The high watermark of each partition records were buffered from: what Kafka holds
@@ -573,8 +576,7 @@ class BulkDelivery:
             else:
                 self._chunks.popleft()
         self.buffered -= len(batch)
-        if self.buffered < self.max_buffered:
-            self._room.set()
+        self._note_room()
         self._in_flight = in_flight
         self.app.consumer._unacked_messages.add(in_flight)
         return batch
